@@ -1,0 +1,3 @@
+from mailserver.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,329 @@
+"""The one configuration loader: TOML, validated entirely at start.
+
+Every key the server understands is declared in ``SCHEMA`` (and, for third-party drivers,
+in a plugin class's ``CONFIG_SCHEMA``).  Unknown sections or keys, wrong types and bad
+values raise ``ConfigError`` naming the file, the key and what is wrong.
+``docs/configuration.md`` documents every key declared here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import os
+import re
+import socket
+import tomllib
+from typing import Any, Callable
+
+
+class ConfigError(Exception):
+    """A configuration problem, worded for the admin: ``FILE: [section] key: what is wrong``."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Key:
+    """One configuration key: its type, default and an optional check returning an error text."""
+
+    type: Any
+    default: Any = None
+    check: Callable[[Any], str | None] | None = None
+    doc: str = ""
+    required: bool = False
+
+
+# --- value checks -------------------------------------------------------------------------------
+
+_ENDPOINT_PREFIXES = ("tcp:", "tcp6:", "unix:", "systemd:", "haproxy:", "ssl:")
+
+
+def check_listen(value: list) -> str | None:
+    for item in value:
+        problem = listen_problem(item)
+        if problem:
+            return f"{item!r}: {problem}"
+    return None
+
+
+def listen_problem(item: str) -> str | None:
+    """Why a listen entry is invalid, or None.  Accepts ``host:port``, ``[v6]:port`` or a
+    Twisted endpoint description (``unix:``, ``systemd:``, ``haproxy:``...)."""
+    if item.startswith(_ENDPOINT_PREFIXES):
+        return None
+    host, port = split_host_port(item)
+    if port is None:
+        return 'expected "host:port" or an endpoint description such as "unix:/path" or "systemd:domain=INET:index=0"'
+    if not 0 <= port <= 65535:
+        return "port out of range"
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        if not re.fullmatch(r"[A-Za-z0-9.-]+", host):
+            return "host is neither an IP address nor a host name"
+    return None
+
+
+def split_host_port(item: str) -> tuple[str, int | None]:
+    m = re.fullmatch(r"\[([0-9A-Fa-f:.]+)\]:(\d+)|([^:\[\]]*):(\d+)", item)
+    if not m:
+        return item, None
+    host = m.group(1) if m.group(1) is not None else m.group(3)
+    return (host or "0.0.0.0"), int(m.group(2) or m.group(4))
+
+
+def positive(value) -> str | None:
+    return None if value > 0 else "must be greater than 0"
+
+
+def non_negative(value) -> str | None:
+    return None if value >= 0 else "must be 0 or more"
+
+
+def one_of(*choices) -> Callable[[Any], str | None]:
+    def check(value):
+        return None if value in choices else "must be one of " + ", ".join(repr(c) for c in choices)
+    return check
+
+
+def absolute_path(value: str) -> str | None:
+    return None if value == "" or os.path.isabs(value) else "must be an absolute path"
+
+
+def special_use_map(value: dict) -> str | None:
+    from mailserver.storage.api import SPECIAL_USES
+    for name, use in value.items():
+        if not isinstance(use, str) or use not in SPECIAL_USES:
+            return f"{name!r}: special use must be one of " + ", ".join(SPECIAL_USES)
+    return None
+
+
+# --- the schema ---------------------------------------------------------------------------------
+
+DEFAULT_MAILBOXES = {"Drafts": "\\Drafts", "Sent": "\\Sent", "Trash": "\\Trash",
+                     "Junk": "\\Junk", "Archive": "\\Archive"}
+
+SCHEMA: dict[str, dict[str, Key]] = {
+    "server": {
+        "state_dir": Key(str, "/var/lib/mailserver", absolute_path,
+                         "Where the embedded default keeps objects, index and dictionary."),
+        "hostname": Key(str, "", None, "Name used in greetings and Received headers (default: this host's FQDN)."),
+        "log_format": Key(str, "auto", one_of("auto", "text", "json"),
+                          "auto: text on a terminal, JSON lines otherwise."),
+        "log_level": Key(str, "info", one_of("debug", "info", "warn", "error")),
+        "shutdown_timeout": Key(float, 30.0, positive, "Seconds to wait for in-flight writes on SIGTERM."),
+        "io_threads": Key(int, 8, positive, "Threads for blocking storage I/O (local files, password hashing)."),
+    },
+    "imap": {
+        "listen": Key(list, ["127.0.0.1:143"], check_listen),
+        "max_line_length": Key(int, 65536, positive, "Longest command line (without literals), bytes."),
+        "max_literal_size": Key(int, 50 * 1024 * 1024, positive, "Largest literal and APPEND message, bytes (APPENDLIMIT)."),
+        "max_pipelined_commands": Key(int, 100, positive, "Commands queued before the server stops reading."),
+        "idle_check_interval": Key(float, 1.0, positive, "Seconds between checks for changes by other processes."),
+        "max_auth_failures": Key(int, 3, positive, "Failed logins before the connection is closed."),
+        "idle_timeout": Key(float, 1800.0, positive, "Seconds of client silence before disconnect (30 min, RFC 3501)."),
+    },
+    "pop3": {
+        "listen": Key(list, ["127.0.0.1:110"], check_listen),
+        "max_line_length": Key(int, 1024, positive),
+        "max_auth_failures": Key(int, 3, positive),
+        "idle_timeout": Key(float, 600.0, positive),
+        "uidl_format": Key(str, "%g", None, "Like Dovecot's pop3_uidl_format: %u UID, %v UIDVALIDITY, %g mail GUID."),
+    },
+    "lmtp": {
+        "listen": Key(list, ["127.0.0.1:24"], check_listen),
+        "max_message_size": Key(int, 50 * 1024 * 1024, positive, "Largest message accepted (SIZE), bytes."),
+        "max_recipients": Key(int, 1000, positive),
+        "max_line_length": Key(int, 4096, positive, "Longest command line, bytes."),
+        "idle_timeout": Key(float, 300.0, positive),
+    },
+    "auth": {
+        "passwd_file": Key(str, "", absolute_path, "Dovecot passwd-file with users and password hashes."),
+        "username_case": Key(str, "lower", one_of("lower", "keep"), "Normalise usernames to lower case."),
+    },
+    "storage": {
+        "format": Key(str, "rbox", None, "Mailbox format (entry point in mailserver.mailbox_formats)."),
+        "mailboxes": Key(dict, DEFAULT_MAILBOXES, special_use_map,
+                         "Mailboxes created for a new user, name = special use."),
+        "max_mailboxes": Key(int, 1000, positive),
+        "max_mailbox_name_length": Key(int, 255, positive),
+        "max_mailbox_depth": Key(int, 16, positive),
+        "max_keywords": Key(int, 200, positive, "Keywords per mailbox."),
+    },
+    "rbox": {
+        "object_store": Key(str, "local", None, "Object store driver (entry point in mailserver.object_stores)."),
+        "index_store": Key(str, "local", None, "Index store driver (entry point in mailserver.index_stores)."),
+        "object_path": Key(str, "", absolute_path, "local object store: directory (default STATE_DIR/objects)."),
+        "index_path": Key(str, "", absolute_path, "local index store: directory (default STATE_DIR/index)."),
+        "namespace_suffix": Key(str, "_namespace", None, "Appended to the username to name its RADOS namespace."),
+        "snapshot_threshold": Key(int, 256 * 1024, positive,
+                                  "Rewrite a mailbox's snapshot when its log grows past this many bytes."),
+        "body_cache_bytes": Key(int, 64 * 1024 * 1024, non_negative, "In-memory cache of recent message bodies."),
+        "prefetch": Key(int, 16, positive, "Message bodies read ahead during FETCH and SEARCH."),
+    },
+}
+
+# Plugins add sections of their own (CONFIG_SECTION / CONFIG_SCHEMA class attributes).
+_PLUGIN_SCHEMAS: dict[str, dict[str, Key]] = {}
+
+
+def register_section(name: str, keys: dict[str, Key]) -> None:
+    """Let a plugin declare a configuration section (called when the plugin module is imported)."""
+    _PLUGIN_SCHEMAS[name] = keys
+
+
+class Section:
+    """Read-only attribute access to one validated section."""
+
+    def __init__(self, name: str, values: dict):
+        self._name = name
+        self._values = dict(values)
+
+    def __getattr__(self, key):
+        try:
+            return self._values[key]
+        except KeyError:
+            raise AttributeError(f"[{self._name}] has no key {key!r}") from None
+
+    def get(self, key, default=None):
+        return self._values.get(key, default)
+
+    def as_dict(self) -> dict:
+        return dict(self._values)
+
+
+class Config:
+    """The validated configuration: ``config.imap.listen``, ``config.section("rados")``."""
+
+    def __init__(self, path: str | None, sections: dict[str, dict]):
+        self.path = path
+        self._sections = {name: Section(name, values) for name, values in sections.items()}
+
+    def __getattr__(self, name):
+        try:
+            return self._sections[name]
+        except KeyError:
+            raise AttributeError(f"no configuration section [{name}]") from None
+
+    def section(self, name: str) -> Section:
+        return self._sections[name]
+
+    def as_dict(self) -> dict:
+        return {name: s.as_dict() for name, s in self._sections.items()}
+
+
+def _type_name(t) -> str:
+    return {str: "a string", int: "an integer", float: "a number", bool: "true or false",
+            list: "a list", dict: "a table"}.get(t, t.__name__)
+
+
+def _coerce(key: Key, value):
+    """Value converted to the key's type, or raise ValueError with what is wrong."""
+    if key.type is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if key.type is int and isinstance(value, bool):
+        raise ValueError(f"expected {_type_name(int)}, got {value!r}")
+    if not isinstance(value, key.type):
+        raise ValueError(f"expected {_type_name(key.type)}, got {type(value).__name__} {value!r}")
+    if key.type is list and not all(isinstance(v, str) for v in value):
+        raise ValueError("expected a list of strings")
+    return value
+
+
+def schema() -> dict[str, dict[str, Key]]:
+    merged = dict(SCHEMA)
+    merged.update(_PLUGIN_SCHEMAS)
+    return merged
+
+
+def load(path: str | None, overrides: dict | None = None) -> Config:
+    """Read and validate a TOML file (``path`` None: defaults only), then apply ``overrides``
+    (a dict of sections, used by tests and the demo).  Raises ConfigError."""
+    raw: dict = {}
+    where = path or "<defaults>"
+    if path is not None:
+        try:
+            with open(path, "rb") as f:
+                raw = tomllib.load(f)
+        except FileNotFoundError:
+            raise ConfigError(f"{path}: file not found") from None
+        except PermissionError:
+            raise ConfigError(f"{path}: permission denied") from None
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"{path}: not valid TOML: {e}") from None
+    for section, values in (overrides or {}).items():
+        raw.setdefault(section, {}).update(values)
+    return validate(raw, where)
+
+
+def validate(raw: dict, where: str) -> Config:
+    _load_plugin_schemas(raw)
+    known = schema()
+    sections: dict[str, dict] = {}
+    for name, values in raw.items():
+        if name not in known:
+            raise ConfigError(f"{where}: unknown section [{name}] (known: {', '.join(sorted(known))})")
+        if not isinstance(values, dict):
+            raise ConfigError(f"{where}: [{name}] must be a table")
+        for key in values:
+            if key not in known[name]:
+                raise ConfigError(f"{where}: [{name}] {key}: unknown key "
+                                  f"(known: {', '.join(sorted(known[name]))})")
+    for name, keys in known.items():
+        given = raw.get(name, {})
+        out = {}
+        for key_name, key in keys.items():
+            if key_name in given:
+                try:
+                    value = _coerce(key, given[key_name])
+                except ValueError as e:
+                    raise ConfigError(f"{where}: [{name}] {key_name}: {e}") from None
+                if key.check:
+                    problem = key.check(value)
+                    if problem:
+                        raise ConfigError(f"{where}: [{name}] {key_name}: {problem}")
+            elif key.required:
+                raise ConfigError(f"{where}: [{name}] {key_name}: required")
+            else:
+                value = key.default
+            out[key_name] = value
+        sections[name] = out
+    _derive(sections)
+    _check_drivers(sections, where)
+    return Config(None if where == "<defaults>" else where, sections)
+
+
+def _derive(sections: dict) -> None:
+    """Defaults that depend on other keys."""
+    server = sections["server"]
+    if not server["hostname"]:
+        server["hostname"] = socket.getfqdn()
+    rbox = sections["rbox"]
+    if not rbox["object_path"]:
+        rbox["object_path"] = os.path.join(server["state_dir"], "objects")
+    if not rbox["index_path"]:
+        rbox["index_path"] = os.path.join(server["state_dir"], "index")
+
+
+def _load_plugin_schemas(raw: dict) -> None:
+    """Import the drivers the file names so their CONFIG_SCHEMA sections are known."""
+    from mailserver import plugins
+    storage = raw.get("storage", {})
+    rbox = raw.get("rbox", {})
+    wanted = [(plugins.MAILBOX_FORMATS, storage.get("format", "rbox")),
+              (plugins.OBJECT_STORES, rbox.get("object_store", "local")),
+              (plugins.INDEX_STORES, rbox.get("index_store", "local"))]
+    for group, name in wanted:
+        if isinstance(name, str):
+            plugins.try_load(group, name)
+
+
+def _check_drivers(sections: dict, where: str) -> None:
+    from mailserver import plugins
+    checks = [("storage", "format", plugins.MAILBOX_FORMATS),
+              ("rbox", "object_store", plugins.OBJECT_STORES),
+              ("rbox", "index_store", plugins.INDEX_STORES)]
+    for section, key, group in checks:
+        name = sections[section][key]
+        if name not in plugins.available(group):
+            raise ConfigError(f"{where}: [{section}] {key}: no {group} plugin named {name!r} "
+                              f"(installed: {', '.join(sorted(plugins.available(group))) or 'none'})")

@@ -1,0 +1,15 @@
+"""What every protocol factory is given: the validated configuration, the mail storage and the
+authenticator, and the set of live connections (for graceful shutdown)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+
+@dataclasses.dataclass
+class ServerContext:
+    config: object                 # mailserver.config.Config
+    storage: object                # mailserver.storage.api.MailStorage
+    auth: object                   # mailserver.auth.Authenticator
+    connections: set = dataclasses.field(default_factory=set)
+    stopping: bool = False

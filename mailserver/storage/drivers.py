@@ -1,0 +1,186 @@
+"""Driver interfaces below a mailbox format: object store, index store, dictionary.
+
+A driver is registered in an entry-point group (``mailserver.object_stores``,
+``mailserver.index_stores``, ``mailserver.dicts``) and built with ``from_config``.
+Every I/O method is a coroutine; a driver whose backend is blocking (files, libcephfs)
+runs it in a bounded thread pool of its own (``mailserver.threads``).  Drivers raise
+``StorageError``: TEMPORARY when the backend is unreachable or too slow, NOT_FOUND when
+the thing asked for does not exist, TOO_BIG when an object exceeds the backend's limit.
+"""
+
+from __future__ import annotations
+
+import abc
+from typing import Iterable
+
+# Object metadata keys.  One letter each, as dovecot-ceph-plugin's rbox (librmb rados-types.h),
+# so tools that know rbox objects can read ours.  Values are ASCII.
+META_MAILBOX_GUID = "M"      # mailbox GUID the mail was saved to (32 hex)
+META_GUID = "G"              # mail GUID (32 hex)
+META_RECEIVED = "R"          # received (internal) date, UNIX seconds, decimal
+META_SAVE_DATE = "S"         # save date, UNIX seconds, decimal
+META_PHYSICAL_SIZE = "Z"     # stored size in bytes, decimal
+META_VIRTUAL_SIZE = "V"      # size with CRLF line endings, decimal
+META_ORIG_MAILBOX = "B"      # name of the mailbox it was saved to (UTF-8)
+META_VERSION = "I"           # object format version
+META_POP3_UIDL = "P"         # POP3 UIDL recorded at migration (optional)
+META_FROM_ENVELOPE = "A"     # envelope sender (LMTP MAIL FROM), optional
+
+OBJECT_FORMAT_VERSION = "1"
+
+
+class ObjectStore(abc.ABC):
+    """Immutable mail objects, each user's in a namespace of their own.
+
+    An object is written once, with its metadata, atomically: an object without its metadata
+    never exists.  References (``add_ref``/``remove_ref``) let several index records (COPY)
+    share one object; the object is deleted when its last reference goes.
+    """
+
+    @classmethod
+    @abc.abstractmethod
+    def from_config(cls, config) -> "ObjectStore":
+        """Build from the validated configuration (``mailserver.config.Config``)."""
+
+    async def start(self) -> None:
+        """Connect.  StorageError(TEMPORARY) with a clear detail when the backend is unreachable."""
+
+    async def stop(self) -> None:
+        """Wait for in-flight writes, disconnect."""
+
+    @abc.abstractmethod
+    def namespace(self, username: str) -> str:
+        """The namespace holding a user's objects, derived only from the (normalised) username."""
+
+    @property
+    @abc.abstractmethod
+    def max_object_size(self) -> int:
+        """Largest object this store accepts; a bigger message is refused with TOO_BIG."""
+
+    @abc.abstractmethod
+    async def put(self, ns: str, oid: str, data: bytes, meta: dict[str, str]) -> None:
+        """Write a new object with its metadata and one initial reference ``""``.
+        Durable when the coroutine returns."""
+
+    @abc.abstractmethod
+    async def get(self, ns: str, oid: str, offset: int = 0, length: int | None = None) -> bytes:
+        """Read an object's data (or a byte range of it).  NOT_FOUND if missing."""
+
+    @abc.abstractmethod
+    async def get_meta(self, ns: str, oid: str) -> dict[str, str]:
+        """An object's immutable metadata.  NOT_FOUND if missing."""
+
+    @abc.abstractmethod
+    async def add_ref(self, ns: str, oid: str, ref: str) -> None:
+        """Record one more reference to an object (durable on return).  NOT_FOUND if missing."""
+
+    @abc.abstractmethod
+    async def remove_ref(self, ns: str, oid: str, ref: str) -> bool:
+        """Drop one reference; delete the object when none is left.  True if it was deleted."""
+
+    @abc.abstractmethod
+    async def refs(self, ns: str, oid: str) -> set[str]:
+        """The object's current references."""
+
+    @abc.abstractmethod
+    async def delete(self, ns: str, oid: str) -> None:
+        """Delete an object whatever its references (rollback, gc).  Missing is not an error."""
+
+    @abc.abstractmethod
+    async def list(self, ns: str) -> list[str]:
+        """Every object id in a namespace."""
+
+
+class IndexLock(abc.ABC):
+    """A held exclusive lock on an index file, across processes and hosts."""
+
+    @abc.abstractmethod
+    async def release(self) -> None:
+        """Release the lock.  Safe to call twice."""
+
+
+class IndexStore(abc.ABC):
+    """A tree of small index files, addressed by ``/``-separated paths relative to the store's
+    root (the mailbox format derives every path from the username; drivers never see client
+    input).  Appends are cheap and not durable until ``sync``; ``write_atomic`` replaces a
+    file durably in one step; ``lock`` gives cross-process, cross-host exclusion.
+    """
+
+    @classmethod
+    @abc.abstractmethod
+    def from_config(cls, config) -> "IndexStore":
+        """Build from the validated configuration."""
+
+    async def start(self) -> None:
+        """Mount / create the root.  StorageError(TEMPORARY) when the backend is unreachable."""
+
+    async def stop(self) -> None:
+        """Flush and unmount."""
+
+    @abc.abstractmethod
+    async def read(self, path: str, offset: int = 0) -> bytes | None:
+        """Bytes from ``offset`` to the end of the file; None if the file does not exist."""
+
+    @abc.abstractmethod
+    async def size(self, path: str) -> int | None:
+        """Current size of a file, or None if it does not exist."""
+
+    @abc.abstractmethod
+    async def append(self, path: str, data: bytes) -> int:
+        """Append to a file (created if missing, parents too); returns the offset written at.
+        Not durable until ``sync``.  Callers hold the file's lock."""
+
+    @abc.abstractmethod
+    async def sync(self, paths: Iterable[str]) -> None:
+        """Make earlier appends to ``paths`` durable.  Concurrent calls are grouped (one flush
+        for many deliveries), so callers simply await it."""
+
+    @abc.abstractmethod
+    async def write_atomic(self, path: str, data: bytes) -> None:
+        """Replace a file's whole content durably (temporary file, flush, rename)."""
+
+    @abc.abstractmethod
+    async def listdir(self, path: str) -> list[str]:
+        """Names in a directory ([] if it does not exist)."""
+
+    @abc.abstractmethod
+    async def remove(self, path: str) -> None:
+        """Remove a file; missing is not an error."""
+
+    @abc.abstractmethod
+    async def remove_tree(self, path: str) -> None:
+        """Remove a directory and everything below it; missing is not an error."""
+
+    @abc.abstractmethod
+    async def lock(self, path: str, timeout: float = 30.0) -> IndexLock:
+        """Take an exclusive lock named by ``path`` (a lock file beside the data).
+        StorageError(TEMPORARY) if not obtained within ``timeout`` seconds."""
+
+
+class Dict(abc.ABC):
+    """A key/value dictionary (quota, IMAP METADATA).  Keys start with ``priv/`` (per user)
+    or ``shared/``; private keys live in the user's namespace, never another's."""
+
+    @classmethod
+    @abc.abstractmethod
+    def from_config(cls, config) -> "Dict":
+        """Build from the validated configuration."""
+
+    async def start(self) -> None:
+        """Connect."""
+
+    async def stop(self) -> None:
+        """Disconnect."""
+
+    @abc.abstractmethod
+    async def get(self, username: str, key: str) -> str | None:
+        """A value, or None."""
+
+    @abc.abstractmethod
+    async def iterate(self, username: str, prefix: str) -> dict[str, str]:
+        """Every key under ``prefix`` with its value."""
+
+    @abc.abstractmethod
+    async def transaction(self, username: str, sets: dict[str, str | None] = (),
+                          increments: dict[str, int] = ()) -> None:
+        """Apply sets (None unsets) and atomic increments together, durably."""
