@@ -250,6 +250,7 @@ class LineServerFactory(protocol.Factory):
     """Builds protocols with the server context and the reactor."""
 
     protocol_class: type = LineServerProtocol
+    noisy = False               # no "starting on port" lines: the server logs its listeners
 
     def __init__(self, ctx, clock=None):
         self.ctx = ctx
