@@ -155,8 +155,16 @@ class PasswdFilePassDB(PassDB):
     def from_config(cls, config) -> "PasswdFilePassDB":
         from mailserver.auth.service import UsernameRule
         from mailserver.config import ConfigError
-        if not config.auth.passwd_file:
+        path = config.auth.passwd_file
+        if not path:
             raise ConfigError("[auth] passwd_file: required (path of the Dovecot passwd-file with the users)")
+        # As Dovecot, refuse to start on a file that cannot be read (a typo would otherwise only
+        # show at the first login).  Later read failures answer "temporarily unavailable".
+        try:
+            with open(path, "rb"):
+                pass
+        except OSError as e:
+            raise ConfigError(f"[auth] passwd_file: {path}: cannot read: {e.strerror}") from None
         return cls(config.auth.passwd_file, UsernameRule.from_config(config).normalize,
                    pool_size=max(1, min(config.server.io_threads, 4)))
 

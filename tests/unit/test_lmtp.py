@@ -249,3 +249,13 @@ def test_data_reader_unstuffs_and_normalises():
     assert r.feed(buf) is None and buf == b""
     assert r.feed(bytearray(b".\r\nRSET\r\n")) == b"RSET\r\n"
     assert r.message() == b".a\r\nb\r\nc\r\r\n"
+
+
+@pytest_twisted.ensureDeferred
+async def test_server_stopping(conn, ctx):
+    await conn.send(b"LHLO x\r\n")
+    ctx.stopping = True
+    assert await conn.send(b"MAIL FROM:<a@b>\r\n") == b"421 4.3.2 mx.test Server shutting down\r\n"
+    assert conn.transport.disconnecting
+    late = Conn(lmtp.build_factory(ctx))
+    assert late.take() == b"421 4.3.2 mx.test Server shutting down\r\n"

@@ -184,3 +184,8 @@ async def test_authenticator(users_file):
 def test_config_requires_passwd_file():
     with pytest.raises(config_mod.ConfigError):
         build_authenticator(config_mod.load(None, {"server": {"state_dir": "/tmp"}}))
+
+
+def test_config_refuses_unreadable_file(tmp_path):
+    with pytest.raises(config_mod.ConfigError, match="cannot read"):
+        build_authenticator(_config(tmp_path / "missing"))

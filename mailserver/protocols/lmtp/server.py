@@ -105,7 +105,16 @@ class LMTPServer(LineServerProtocol):
             f"250-{self.hostname}\r\n250-8BITMIME\r\n250-ENHANCEDSTATUSCODES\r\n250-PIPELINING\r\n"
             f"250 SIZE {self.max_message_size}\r\n".encode())
 
+    def _stopping(self) -> bool:
+        """Refuse new transactions while the server shuts down (in-flight ones finish)."""
+        if self.ctx is not None and self.ctx.stopping:
+            self.shutdown()
+            return True
+        return False
+
     def cmd_MAIL(self, arg: str):
+        if self._stopping():
+            return
         if not self.lhlo:
             self.send("503 5.5.1 Send LHLO first")
             return
@@ -180,6 +189,8 @@ class LMTPServer(LineServerProtocol):
             return
         if arg.strip():
             self.send("501 5.5.4 DATA takes no parameters")
+            return
+        if self._stopping():
             return
         self.send("354 OK")
         self.reader = DataReader(self.max_message_size)

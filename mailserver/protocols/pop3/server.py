@@ -223,6 +223,9 @@ class POP3Server(LineServerProtocol):
         await self._open(result.username)
 
     async def _open(self, username: str) -> None:
+        if self.ctx.stopping:
+            self.shutdown()
+            return
         if username in _locked_users:
             log.info("POP3 login refused: mailbox of {name} in use", name=username, **self.event())
             self.send("-ERR [IN-USE] Mailbox is locked by another POP3 session.")
