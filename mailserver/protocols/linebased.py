@@ -6,7 +6,7 @@ and their replies come out in order.  When more than ``max_buffer`` bytes wait, 
 paused.  A line longer than ``max_line_length`` is answered with ``line_too_long()`` and skipped up
 to its end; the connection stays usable.  A subclass may switch to raw mode (LMTP DATA) and then
 gets the bytes themselves in ``raw_received``.  Idle connections are closed after ``idle_timeout``
-seconds of silence (never while a command is running).
+seconds of silence (not while a command is running, unless the client stopped reading its output).
 """
 
 from __future__ import annotations
@@ -56,6 +56,7 @@ class LineServerProtocol(protocol.Protocol):
         self._paused = False
         self._skipping = False          # discarding the rest of an over-long line
         self._last_input = 0.0
+        self.streaming = False          # a response is being streamed (see note_progress)
         self._idle_call = None
 
     # --- connection ---------------------------------------------------------------------------------
@@ -111,12 +112,23 @@ class LineServerProtocol(protocol.Protocol):
             return
         now = self.clock.seconds()
         remaining = self._last_input + self.idle_timeout - now
-        if self._busy or remaining > 0:
+        # A running command (storage, auth) postpones the timeout; a client that stopped reading
+        # a streamed response does not.
+        if remaining > 0 or (self._busy and not self.streaming):
             self._idle_call = self.clock.callLater(max(remaining, 1.0), self._check_idle)
             return
         self.log.info("{peer} disconnected for inactivity", **self.event())
         self.idle_timeout_reached()
-        self.close()
+        if self.streaming:
+            # Its output will never drain: a graceful close would wait for it forever.
+            self.closing = True
+            self.transport.abortConnection()
+        else:
+            self.close()
+
+    def note_progress(self) -> None:
+        """The client is still there (it read part of a streamed response)."""
+        self._last_input = self.clock.seconds()
 
     # --- input --------------------------------------------------------------------------------------
 

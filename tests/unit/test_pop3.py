@@ -258,3 +258,17 @@ def test_content_helpers():
     assert uidl("%08Xu%08Xv", 255, 1, "") == "000000FF00000001"
     assert check_uidl_format("%g") is None and check_uidl_format("%08Xu%08Xv") is None
     assert check_uidl_format("%v") and check_uidl_format("%q") and check_uidl_format("%80u")
+
+
+@pytest_twisted.ensureDeferred
+async def test_stalled_reader_times_out(ctx):
+    await save(ctx, "bob", b"Subject: big\r\n\r\n" + b"z" * 1000000 + b"\r\n")
+    c = await login(ctx, "bob", "bpw")
+    c.proto.dataReceived(b"RETR 1\r\n")
+    for _ in range(100):                      # wait for the body read; the client never reads
+        if c.transport.producer is not None:
+            break
+        await task.deferLater(reactor, 0.01, lambda: None)
+    assert c.transport.producer is not None and c.proto._busy
+    c.clock.advance(700)
+    assert c.transport.disconnected            # aborted: a graceful close would wait for the reader

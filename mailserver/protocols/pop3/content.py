@@ -92,8 +92,9 @@ class ChunkProducer:
     """Writes ``data`` in chunks as the transport asks for more; ``done`` fires at the end or when
     the connection goes away (then with False)."""
 
-    def __init__(self, transport, data: bytes, chunk: int = CHUNK):
+    def __init__(self, transport, data: bytes, chunk: int = CHUNK, on_progress=None):
         self.transport = transport
+        self.on_progress = on_progress
         self.view = memoryview(data)
         self.pos = 0
         self.chunk = chunk
@@ -109,6 +110,8 @@ class ChunkProducer:
         end = self.pos + self.chunk
         self.transport.write(bytes(self.view[self.pos:end]))
         self.pos = end
+        if self.on_progress is not None:
+            self.on_progress()
         if self.pos >= len(self.view):
             self.transport.unregisterProducer()
             self.done.callback(True)

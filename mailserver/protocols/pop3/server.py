@@ -347,7 +347,11 @@ class POP3Server(LineServerProtocol):
         if len(body) <= STREAM_THRESHOLD:
             self.transport.write(body)
             return
-        await ChunkProducer(self.transport, body).start()
+        self.streaming = True
+        try:
+            await ChunkProducer(self.transport, body, on_progress=self.note_progress).start()
+        finally:
+            self.streaming = False
 
     def trans_QUIT(self, arg: str):
         return self._quit()
