@@ -88,7 +88,7 @@ class LMTPServer(LineServerProtocol):
             self.send("501 5.5.4 Command is not valid UTF-8")
             return None
         verb, _, arg = text.partition(" ")
-        handler = getattr(self, "cmd_" + verb.upper(), None) if verb.isalpha() else None
+        handler = getattr(self, "cmd_" + verb.upper(), None) if verb.isalpha() and verb.isascii() else None
         if handler is None:
             self.send("500 5.5.1 Unknown command")
             return None

@@ -112,9 +112,11 @@ class POP3Server(LineServerProtocol):
             return None
         verb, _, arg = text.partition(" ")
         verb = verb.upper()
-        handler = getattr(self, f"{self.state}_{verb}", None) or getattr(self, f"any_{verb}", None)
+        handler = None
+        if verb.isalpha() and verb.isascii():
+            handler = getattr(self, f"{self.state}_{verb}", None) or getattr(self, f"any_{verb}", None)
         if handler is None:
-            if getattr(self, f"trans_{verb}", None) or getattr(self, f"auth_{verb}", None):
+            if verb.isalpha() and (getattr(self, f"trans_{verb}", None) or getattr(self, f"auth_{verb}", None)):
                 self.send("-ERR Command not valid in this state.")
             else:
                 self.send("-ERR Unknown command.")
