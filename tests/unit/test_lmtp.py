@@ -61,7 +61,7 @@ async def test_pipelined_delivery_one_reply_per_recipient(conn, ctx):
     for user in ("alice@example.org", "bob@example.org"):
         (data,), (info,) = await inbox(ctx, user)
         assert data.startswith(b"Return-Path: <sender@ext.example>\r\nReceived: from mta.example ([192.0.2.7])\r\n"
-                               b"\tby mx.test with LMTP id " + session.encode() + b"\r\n"
+                               b"\tby mx.test with LMTP\r\n\tid " + session.encode() + b"\r\n"
                                b"\t(envelope-from <sender@ext.example>); ")
         assert b"Delivered-To" not in data          # several recipients share one copy (as Dovecot)
         assert data.endswith(b"\r\nSubject: hi\r\n\r\nline 1\r\n.dot line\r\n")

@@ -166,7 +166,7 @@ def trace_headers(sender: str, recipients: list[str], lhlo: str, peer_ip: str, h
     if single is not None:
         lines.append(f"Delivered-To: {single}")
     lines.append(f"Received: from {lhlo or 'unknown'}" + (f" ([{peer_ip}])" if peer_ip else ""))
-    lines.append(f"\tby {hostname} with LMTP id {session}")
+    lines += [f"\tby {hostname} with LMTP", f"\tid {session}"]
     date = email.utils.formatdate(now, localtime=True)
     if single is not None:
         lines += [f"\t(envelope-from <{sender}>)", f"\tfor <{single}>; {date}"]

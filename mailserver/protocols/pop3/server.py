@@ -2,8 +2,8 @@
 
 The session's message list is INBOX as it was at login (one ``refresh`` then); deletions are
 kept in the session and applied at QUIT (the UPDATE state): ``\\Deleted`` is stored and exactly
-those messages are expunged.  Retrieved messages get ``\\Seen`` at QUIT or when the client goes
-away without QUIT, as Dovecot does.  One POP3 session per user at a time: the lock is per process
+those messages are expunged.  Retrieved messages get ``\\Seen`` at QUIT only; a client that goes
+away without QUIT changes nothing, and RSET also forgets what was retrieved (Dovecot 2.3 does both).  One POP3 session per user at a time: the lock is per process
 (a second server process does not see it).
 """
 
@@ -60,7 +60,6 @@ class POP3Server(LineServerProtocol):
         self._storage_user = None
         self._box = None
         self._released = False
-        self._update_on_close = True
 
     # --- framing ------------------------------------------------------------------------------------
 
@@ -72,8 +71,7 @@ class POP3Server(LineServerProtocol):
         self.close()
 
     def shutdown(self):
-        """Server shutdown (storage already stopped): no UPDATE, no flag changes."""
-        self._update_on_close = False
+        """Server shutdown (storage already stopped): no UPDATE state."""
         if not self.closing:
             self.send("-ERR [SYS/TEMP] Server shutting down.")
             self.close()
@@ -90,7 +88,7 @@ class POP3Server(LineServerProtocol):
 
     def connection_closed(self):
         if self.state == "trans" and not self._released:
-            d = defer.Deferred.fromCoroutine(self._release(update_seen=self._update_on_close))
+            d = defer.Deferred.fromCoroutine(self._release())
             d.addErrback(lambda f: log.failure("closing the POP3 session", f, **self.event()))
 
     def _bad(self) -> None:
@@ -170,7 +168,7 @@ class POP3Server(LineServerProtocol):
             return None
         mech = sasl.start(name, self.ctx.auth, service="pop3", peer=self.peer)
         if mech is None:
-            self.send("-ERR Unsupported authentication mechanism.")
+            self.send("-ERR [AUTH] Unsupported authentication mechanism.")
             self._bad()
             return None
         response = None
@@ -187,7 +185,7 @@ class POP3Server(LineServerProtocol):
             return base64.b64decode(text.strip(), validate=True)
         except (binascii.Error, ValueError):
             self._sasl = None
-            self.send("-ERR Invalid base64 data.")
+            self.send("-ERR [AUTH] Invalid base64 data.")
             self._bad()
             return None
 
@@ -203,7 +201,7 @@ class POP3Server(LineServerProtocol):
     def _sasl_response(self, line: bytes):
         mech, self._sasl = self._sasl, None
         if line.strip() == b"*":
-            self.send("-ERR Authentication cancelled.")
+            self.send("-ERR Authentication aborted by client.")
             return None
         response = self._decode_sasl(line.decode("ascii", "replace"))
         if response is None:
@@ -249,7 +247,7 @@ class POP3Server(LineServerProtocol):
         self.user = username
         self.state = "trans"
         if self.closing:            # the client left while we were opening
-            await self._release(update_seen=False)
+            await self._release()
             return
         log.info("POP3 session opened: {count} messages", count=len(self.messages), **self.event())
         self.send("+OK Logged in.")
@@ -309,8 +307,7 @@ class POP3Server(LineServerProtocol):
         for m in self.messages:
             m.deleted = False
             m.retrieved = False
-        live = self._live()
-        self.send(f"+OK {len(live)} messages ({sum(m.size for _, m in live)} octets)")
+        self.send("+OK")
 
     def trans_RETR(self, arg: str):
         found = self._message(arg)
@@ -361,45 +358,35 @@ class POP3Server(LineServerProtocol):
     async def _quit(self):
         deleted = [m.uid for m in self.messages if m.deleted]
         try:
-            await self._update(expunge=True)
+            await self._update()
         except StorageError as e:
             code = self._storage_error(e, "UPDATE at QUIT")
             self.send(f"-ERR [{code}] Some deleted messages were not removed.")
-            await self._release(update_seen=False)
+            await self._release()
             self.close()
             return
-        await self._release(update_seen=False)
+        await self._release()
         self.send("+OK Logging out, messages deleted." if deleted else "+OK Logging out.")
         self.close()
 
-    async def _update(self, expunge: bool) -> None:
-        """Store \\Seen on retrieved messages; with ``expunge``, \\Deleted and expunge the deleted."""
+    async def _update(self) -> None:
+        """The UPDATE state: \\Seen on retrieved messages, \\Deleted on and expunge of deleted ones."""
         box = self._box
-        seen = [m.uid for m in self.messages if m.retrieved and not m.seen and not (expunge and m.deleted)]
+        seen = [m.uid for m in self.messages if m.retrieved and not m.seen and not m.deleted]
         if seen:
             await box.store(seen, StoreMode.ADD, [SEEN])
-            for m in self.messages:
-                if m.uid in seen:
-                    m.seen = True
-        if expunge:
-            deleted = [m.uid for m in self.messages if m.deleted]
-            if deleted:
-                await box.store(deleted, StoreMode.ADD, [DELETED])
-                expunged = await box.expunge(deleted)
-                log.info("expunged {n} messages at QUIT", n=len(expunged), **self.event())
+        deleted = [m.uid for m in self.messages if m.deleted]
+        if deleted:
+            await box.store(deleted, StoreMode.ADD, [DELETED])
+            expunged = await box.expunge(deleted)
+            log.info("expunged {n} messages at QUIT", n=len(expunged), **self.event())
 
-    async def _release(self, update_seen: bool) -> None:
-        """Leave the session: optionally store \\Seen, close the mailbox and user, unlock."""
+    async def _release(self) -> None:
+        """Leave the session: close the mailbox and the user, unlock.  Safe to call twice."""
         if self._released:
             return
         self._released = True
-        try:
-            if update_seen and self._box is not None:
-                await self._update(expunge=False)
-        except StorageError as e:
-            log.warn("storing \\Seen after disconnect failed: {detail}", detail=e.detail, **self.event())
-        finally:
-            await self._close_storage()
+        await self._close_storage()
 
     async def _close_storage(self) -> None:
         box, user, self._box, self._storage_user = self._box, self._storage_user, None, None
