@@ -156,3 +156,13 @@ def test_live_cross_check_with_doveadm(name):
                             timeout=30).stdout.strip()
     assert theirs.startswith("{" + name + "}")
     assert schemes.verify(theirs, PASSWORD)
+
+
+def test_cli_pw(capsys):
+    from mailserver import cli
+    assert cli.main(["pw", "-s", "ssha512", "-p", PASSWORD]) == 0
+    out = capsys.readouterr().out.strip()
+    assert out.startswith("{SSHA512}") and schemes.verify(out, PASSWORD)
+    assert cli.main(["pw", "--list"]) == 0
+    assert set(REQUIRED) <= set(capsys.readouterr().out.split())
+    assert cli.main(["pw", "-s", "NOPE", "-p", "x"]) == 2
