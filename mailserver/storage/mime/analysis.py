@@ -77,7 +77,6 @@ def analyze(data: bytes) -> Analysis:
     fields = H.fields(header)
     body, structure = body_and_bodystructure(root, data)
     cached, names = cache_fields(header, fields)
-    size = len(data) if parser.crlf_only else len(data) + data.count(b"\n") - data.count(b"\r\n")
     return Analysis(envelope=envelope_from_fields(fields), bodystructure=structure, body=body,
-                    parts=root, header_size=len(header), vsize=size,
+                    parts=root, header_size=len(header), vsize=parser.vsize,
                     cached_headers=cached, cached_header_names=names)

@@ -159,10 +159,64 @@ def _mailbox(tokens) -> tuple | None:
     return (comment.strip() if comment else None), route, mailbox, host
 
 
+# The common shapes, read by one regex: "local@domain", "<local@domain>", "Name <local@domain>",
+# '"Quoted Name" <local@domain>', separated by commas.  Anything else takes the tokenizer.
+_ATEXT = r"[^\x00-\x20()<>\[\]:;@\\,\"\x7f]"
+_SIMPLE_MAILBOX = re.compile(
+    r'[ \t]*(?:(?:(' + _ATEXT + r'+(?:[ \t]+' + _ATEXT + r'+)*)|"([^"\\]*)")?[ \t]*'
+    r'<(' + _ATEXT + r'+)@(' + _ATEXT + r'+)>|(' + _ATEXT + r'+)@(' + _ATEXT + r'+))[ \t]*(?:,|\Z)')
+_WS_RUN = re.compile(r"[ \t]+")
+_SIMPLE_GROUP = re.compile(
+    r'[ \t]*(' + _ATEXT + r'+(?:[ \t]+' + _ATEXT + r'+)*)[ \t]*:([^:;"]*);[ \t]*\Z')
+
+
+def _simple_addresses(s: str) -> list[tuple] | None:
+    if ":" in s:
+        g = _SIMPLE_GROUP.match(s)
+        if g is None:
+            return None
+        members = _simple_addresses(g.group(2)) if g.group(2).strip(" \t") else []
+        if members is None:
+            return None
+        name = g.group(1)
+        if "  " in name or "\t" in name:
+            name = _WS_RUN.sub(" ", name)
+        return [(None, None, name, None)] + members + [(None, None, None, None)]
+    out = []
+    pos, n = 0, len(s)
+    match = _SIMPLE_MAILBOX.match
+    while pos < n:
+        m = match(s, pos)
+        if m is None:
+            return None
+        name, qname, local, domain, local2, domain2 = m.groups()
+        if local2 is not None:
+            out.append((None, None, local2, domain2))
+        else:
+            if name is not None:
+                name = _WS_RUN.sub(" ", name) if ("  " in name or "\t" in name) else name
+            else:
+                name = qname.strip() or None if qname is not None else None
+            out.append((name, None, local, domain))
+        pos = m.end()
+        if s[pos - 1:pos] == "," and pos == n:
+            break
+    return out
+
+
 def parse_addresses(value: bytes) -> list[tuple]:
     """An address-list field value -> list of (name, adl, mailbox, host), with RFC 3501 group
     markers (None, None, name, None) ... (None, None, None, None).  Strings are latin-1 text."""
-    tokens = _tokens(H.unfold(value).decode("latin-1"))
+    text = H.unfold(value).decode("latin-1")
+    simple = _simple_addresses(text)
+    if simple is not None:
+        return simple
+    return parse_address_tokens(text)
+
+
+def parse_address_tokens(text: str) -> list[tuple]:
+    """The general address-list parser (``parse_addresses`` without its fast path)."""
+    tokens = _tokens(text)
     out = []
     current = []
     in_group = False

@@ -140,13 +140,23 @@ class Part:
         return p
 
 
+def count_lf(data: bytes, start: int = 0, end: int | None = None) -> int:
+    """Number of LF bytes in ``data[start:end]``.  (bytes.count of one byte is a plain loop in
+    CPython; deleting with replace uses memchr and is about four times faster.)"""
+    if start or end is not None:
+        data = data[start:end]
+    return len(data) - len(data.replace(b"\n", b""))
+
+
 class _Parser:
-    __slots__ = ("data", "n", "crlf_only", "count", "_memo", "close_end")
+    __slots__ = ("data", "n", "crlf_only", "vsize", "count", "_memo", "close_end")
 
     def __init__(self, data: bytes):
         self.data = data
         self.n = len(data)
-        self.crlf_only = data.count(b"\n") == data.count(b"\r\n")
+        bare = count_lf(data) - data.count(b"\r\n")
+        self.crlf_only = bare == 0
+        self.vsize = self.n + bare
         self.count = 0
         self._memo = None
         self.close_end = -1  # just after the last close-delimiter line seen
@@ -230,7 +240,12 @@ class _Parser:
         stop = self.next_boundary(hs, stack)
         limit = stop[0] if stop is not None else self.n
         he = self.header_end(hs, limit)
-        if he < 0:
+        blank_end = he
+        if stop is not None and (he < 0 or he == limit):
+            # the header runs into a delimiter line: the line break before it is the
+            # delimiter's, even when it ends the blank line (Dovecot reads it the same way)
+            he = self.end_before(limit, hs)
+        elif he < 0:
             he = limit
         part.header_end = he
         if in_digest:
@@ -238,6 +253,12 @@ class _Parser:
         if he > hs:
             self.content_headers(part, hs, he)
         ctype = part.ctype
+        if blank_end == limit and ctype == "multipart" and stop is not None:
+            # ... unless that line is this multipart's own first delimiter, matching a longer
+            # boundary than the parent's (the innermost wins a tie)
+            own = (part.param("boundary") or "").encode("utf-8")
+            if own and len(own) >= len(stack[stop[1]]) and self.data.startswith(own, limit + 2):
+                he = part.header_end = blank_end
         if ctype == "multipart" or (ctype == "message" and part.subtype in _MESSAGE_SUBTYPES):
             if depth >= MAX_DEPTH or self.count >= MAX_PARTS:
                 _make_opaque(part)
@@ -251,13 +272,16 @@ class _Parser:
         part.body_end = self.end_before(stop[0], he) if stop is not None else self.n
         data = self.data
         be = part.body_end
-        if ctype != "multipart":
-            part.lines = data.count(b"\n", he, be)
+        # (counting "\r\n" is several times faster than counting "\n" in CPython)
         if self.crlf_only:
             part.octets = be - he
+            if ctype == "text" or part.message is not None:
+                part.lines = data.count(b"\r\n", he, be)
         else:
-            lf = part.lines if ctype != "multipart" else data.count(b"\n", he, be)
+            lf = count_lf(data, he, be)
             part.octets = be - he + lf - data.count(b"\r\n", he, be)
+            if ctype == "text" or part.message is not None:
+                part.lines = lf
         return part, stop
 
     def multipart(self, part: Part, boundary: bytes, depth: int, stack: tuple):
@@ -285,12 +309,11 @@ class _Parser:
         """Fill the MIME fields of ``part`` from the Content-* fields of its header."""
         seen = set()
         raw = None
-        for m in H.CONTENT_FIELD_RE.finditer(self.data, hs, he):
-            name = m.group(1).lower()
+        for name, value in H.content_fields(self.data, hs, he):
+            name = name.lower()
             if name in seen:
                 continue  # the first occurrence counts
             seen.add(name)
-            value = m.group(2)
             if name == b"type":
                 parsed = H.parse_content_type(H.unfold(value))
                 if parsed is None:

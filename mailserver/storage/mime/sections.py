@@ -11,7 +11,7 @@ import dataclasses
 import re
 
 from . import _headers as H
-from .parser import Part, find_part
+from .parser import Part, count_lf, find_part
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,30 +40,50 @@ _BARE_LF = re.compile(rb"(?<!\r)\n")
 
 def crlf(data: bytes) -> bytes:
     """``data`` with every bare LF turned into CRLF."""
-    if data.count(b"\n") == data.count(b"\r\n"):
+    if count_lf(data) == data.count(b"\r\n"):
         return data
     return _BARE_LF.sub(b"\r\n", data)
 
 
 def vsize(data: bytes) -> int:
     """Size of ``data`` with every line end counted as CRLF (RFC822.SIZE)."""
-    return len(data) + data.count(b"\n") - data.count(b"\r\n")
+    return len(data) + count_lf(data) - data.count(b"\r\n")
+
+
+def _without_blank_line(header: bytes) -> bytes:
+    """``header`` without the blank line that ends it (if it has one)."""
+    if header in (b"\r\n", b"\n"):
+        return b""
+    if header.endswith(b"\n\r\n"):
+        return header[:-2]
+    if header.endswith(b"\n\n"):
+        return header[:-1]
+    return header
 
 
 def header_fields(header: bytes, names, exclude: bool = False) -> bytes:
     """HEADER.FIELDS (or .NOT with ``exclude``): the fields of ``header`` whose names are (not)
     in ``names`` (case-insensitive), with their continuation lines, in order, followed by the
-    blank line.  Lines that are not fields are left out either way."""
+    blank line.  Lines that are not fields count as not matching (.NOT keeps them, as Dovecot
+    does).  CRLF line ends."""
     wanted = {(n.decode("ascii", "replace") if isinstance(n, bytes) else n).lower() for n in names}
+    header = _without_blank_line(header)
     out = []
-    for name, _, start, end in H.fields(header):
-        if (name in wanted) != exclude:
-            field = header[start:end]
-            if not field.endswith(b"\n"):
-                field += b"\r\n"
-            out.append(field)
-    out.append(b"\r\n")
-    return crlf(b"".join(out))
+    if exclude:
+        pos = 0
+        for name, _, start, end in H.fields(header):
+            if name in wanted:
+                out.append(header[pos:start])
+                pos = end
+        out.append(header[pos:])
+    else:
+        for name, _, start, end in H.fields(header):
+            if name in wanted:
+                out.append(header[start:end])
+    text = b"".join(out)
+    if text and not text.endswith(b"\n"):
+        text += b"\r\n"
+    return crlf(text + b"\r\n")
 
 
 def _message_section(data: bytes, msg: Part, section: Section) -> bytes | None:
@@ -81,11 +101,19 @@ def _message_section(data: bytes, msg: Part, section: Section) -> bytes | None:
 
 
 def get_section(data: bytes, root: Part, section: Section) -> bytes | None:
-    """The bytes of BODY[section] (before any <partial>), CRLF line ends.
+    """The bytes of BODY[section] (before any <partial>): CRLF line ends, and NUL bytes (not
+    allowed in an IMAP literal) sent as 0x80 like Dovecot does.
 
     None when the part does not exist or the section text is not valid there (MIME of the
     whole message).  HEADER/TEXT of a part that is not message/rfc822 (or message/global) give
     b"", as Dovecot does."""
+    out = _section(data, root, section)
+    if out is not None and b"\x00" in out:
+        out = out.replace(b"\x00", b"\x80")
+    return out
+
+
+def _section(data: bytes, root: Part, section: Section) -> bytes | None:
     if not section.part:
         if section.text == "":
             return crlf(data)
