@@ -4,9 +4,10 @@ Rules (what mail in the wild needs):
 - labels are looked up through Python's codecs, with the aliases mail clients use in practice
   (iso-8859-1 read as windows-1252, gb2312 as gb18030, ks_c_5601-1987 as cp949...);
 - only text codecs count: "rot13", "idna", "unicode_escape" and the like are refused;
-- 8-bit bytes under us-ascii, an unknown or a missing charset, or bytes not valid in the declared
-  charset, are read as UTF-8 when they are valid UTF-8, else as windows-1252, else as latin-1
-  (every byte maps).
+- 8-bit bytes under us-ascii, an unknown or a missing charset are read as UTF-8 when they are
+  valid UTF-8, else as windows-1252, else as latin-1 (every byte maps);
+- bytes not valid in a declared charset: UTF-8 if they are valid UTF-8, else the declared
+  charset with U+FFFD for what does not decode.
 """
 
 from __future__ import annotations
@@ -44,13 +45,16 @@ def codec_for(charset: str | None) -> str | None:
         info = codecs.lookup(label)
     except (LookupError, ValueError):
         return None
-    if not getattr(info, "_is_text_encoding", True) or info.name in _REFUSED:
+    if not getattr(info, "_is_text_encoding", True) or info.name.replace("-", "_") in _REFUSED:
         return None
     return info.name
 
 
+_EBCDIC = {"cp037", "cp273", "cp424", "cp500", "cp875", "cp1026", "cp1140"}
+
+
 def _ascii_safe(codec: str | None) -> bool:
-    return codec is None or codec.startswith(_ASCII_SAFE_PREFIXES)
+    return codec is None or (codec.startswith(_ASCII_SAFE_PREFIXES) and codec not in _EBCDIC)
 
 
 def guess(data: bytes) -> str:
