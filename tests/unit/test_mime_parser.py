@@ -357,3 +357,71 @@ def test_long_lines_and_big_bodies():
     root = mime.parse(data)
     assert root.header_end == 200000 + 13
     assert root.octets == 1000000
+
+
+# --- the two boundary search strategies agree -----------------------------------------------
+
+def deep_messages():
+    """Messages nested deeper than the direct-search limit."""
+    leaf = b"Content-Type: text/plain\r\n\r\n-- \r\nsig\r\n--not-a-boundary\r\n"
+    out = []
+    for depth in (4, 7, 12):
+        body = leaf
+        for i in range(depth):
+            b = b"lvl%d" % i if i % 2 else b"lvl%d_x" % i  # prefixes of one another, too
+            body = (b"Content-Type: multipart/mixed; boundary=" + b + b"\r\n\r\npre\r\n--" + b + b"\r\n"
+                    + body + b"\r\n--" + b + b"\r\n\r\nsecond\r\n--" + b + b"--\r\nepi\r\n")
+            if i % 3 == 2:
+                body = b"Content-Type: message/rfc822\r\n\r\nSubject: in\r\n" + body
+        out.append(body)
+        out.append(body.replace(b"--lvl1--", b"--lvl1"))  # one unterminated level
+        out.append(body.replace(b"\r\n", b"\n"))
+    return out
+
+
+@pytest.mark.parametrize("index", range(9))
+def test_direct_and_listed_boundary_search_agree(monkeypatch, index):
+    data = deep_messages()[index]
+    results = []
+    for shallow in (0, 3, 1000):
+        monkeypatch.setattr(mime.parser, "SHALLOW", shallow)
+        root = mime.parse(data)
+        check_tree(root, data)
+        results.append(root.to_json())
+    assert results[0] == results[1] == results[2]
+
+
+def test_strategies_agree_on_samples_and_garbage(monkeypatch):
+    rng = random.Random(99)
+    inputs = list(S.SAMPLES.values())
+    inputs += [b"".join(rng.choice(GARBAGE_PIECES) for _ in range(rng.randint(0, 40))) for _ in range(200)]
+    for data in inputs:
+        trees = []
+        for shallow in (0, 1000):
+            monkeypatch.setattr(mime.parser, "SHALLOW", shallow)
+            trees.append(mime.parse(data).to_json())
+        assert trees[0] == trees[1], data
+
+
+@pytest.mark.parametrize("name,data", [
+    ("deep unterminated over many dash lines",
+     b"".join(b"Content-Type: multipart/mixed; boundary=b%d=\r\n\r\n--b%d=\r\n" % (i, i) for i in range(99))
+     + b"--y\r\n" * 100_000),
+    ("deep unterminated over a big body",
+     b"".join(b"Content-Type: multipart/mixed; boundary=b%d=\r\n\r\n--b%d=\r\n" % (i, i) for i in range(99))
+     + b"z" * 5_000_000),
+    ("nested messages over a big body",
+     b"Content-Type: message/rfc822\r\n\r\n" * 99 + b"Subject: x\r\n\r\n" + b"y" * 5_000_000),
+    ("many non-matching dash lines",
+     b"Content-Type: multipart/mixed; boundary=x\r\n\r\n--x\r\n\r\n" + b"--y\r\n" * 500_000 + b"--x--\r\n"),
+    ("headers without blank lines",
+     b"Content-Type: multipart/mixed; boundary=x\r\n\r\n" + b"--x\r\nX: y\r\n" * 5000 + b"X: z\r\n" * 200_000),
+])
+def test_crafted_input_does_not_blow_up(name, data):
+    import time
+    start = time.perf_counter()
+    a = mime.analyze(data)
+    elapsed = time.perf_counter() - start
+    check_tree(a.parts, data)
+    # generous bound (a shared machine): quadratic behaviour would take minutes
+    assert elapsed < 5, (name, elapsed)

@@ -8,6 +8,7 @@ bytes survive; ``as_text`` turns such a string into proper Unicode (UTF-8 if val
 
 from __future__ import annotations
 
+import functools
 import re
 import urllib.parse
 
@@ -23,19 +24,17 @@ _CONTENT = rb"[Cc][Oo][Nn][Tt][Ee][Nn][Tt]-([!-9;-~]+)[ \t]*:([^\n]*(?:\n[ \t][^
 CONTENT_FIELD_RE = re.compile(rb"\n" + _CONTENT)
 CONTENT_FIELD_AT_START = re.compile(_CONTENT)
 
+_WSP = b" \t"
 
-def content_fields(data: bytes, start: int, end: int):
+
+def content_fields(data: bytes, start: int, end: int) -> list[tuple[bytes, bytes]]:
     """(name after "content-", raw value) of the Content-* fields in ``data[start:end]``,
     ``start`` being a line start."""
     if start == 0:
         m = CONTENT_FIELD_AT_START.match(data, 0, end)
-        if m:
-            yield m.group(1), m.group(2)
-        start = 1 if end > 0 else 0
-    for m in CONTENT_FIELD_RE.finditer(data, start - 1, end):
-        yield m.group(1), m.group(2)
-
-_WSP = b" \t"
+        found = CONTENT_FIELD_RE.findall(data, 0, end)
+        return [m.groups()] + found if m else found
+    return CONTENT_FIELD_RE.findall(data, start - 1, end)
 
 
 def fields(data: bytes, start: int = 0, end: int | None = None) -> list[tuple[str, bytes, int, int]]:
@@ -262,3 +261,59 @@ def parse_disposition(value: bytes):
         return None
     params, raw = parse_params(s, m.end())
     return m.group(), params, raw
+
+
+# Most messages repeat the same few values ("text/plain; charset=utf-8", "base64", "inline"):
+# short values are parsed once per process.  Results are tuples (shared, so immutable).
+_MEMO_MAX_VALUE = 256
+
+
+def _frozen_params(params):
+    return None if params is None else tuple(params)
+
+
+@functools.lru_cache(maxsize=1024)
+def _memo_content_type(value: bytes):
+    parsed = parse_content_type(value)
+    if parsed is None:
+        return None
+    t, st, params, raw = parsed
+    return t, st, tuple(params), _frozen_params(raw)
+
+
+@functools.lru_cache(maxsize=512)
+def _memo_disposition(value: bytes):
+    parsed = parse_disposition(value)
+    if parsed is None:
+        return None
+    d, params, raw = parsed
+    return d, tuple(params), _frozen_params(raw)
+
+
+@functools.lru_cache(maxsize=256)
+def _memo_first_token(value: bytes):
+    return first_token(value)
+
+
+def content_type(value: bytes):
+    """``parse_content_type`` of the unfolded value, parameters as tuples, memoised."""
+    value = unfold(value)
+    if len(value) <= _MEMO_MAX_VALUE:
+        return _memo_content_type(value)
+    return _memo_content_type.__wrapped__(value)
+
+
+def disposition(value: bytes):
+    """``parse_disposition`` of the unfolded value, parameters as tuples, memoised."""
+    value = unfold(value)
+    if len(value) <= _MEMO_MAX_VALUE:
+        return _memo_disposition(value)
+    return _memo_disposition.__wrapped__(value)
+
+
+def transfer_encoding(value: bytes) -> str | None:
+    """The Content-Transfer-Encoding token (as sent), memoised."""
+    value = unfold(value)
+    if len(value) <= _MEMO_MAX_VALUE:
+        return _memo_first_token(value)
+    return first_token(value)

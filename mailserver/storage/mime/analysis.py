@@ -72,7 +72,7 @@ def analyze(data: bytes) -> Analysis:
     """Parse a message once: part tree, ENVELOPE, BODY, BODYSTRUCTURE, sizes, cached headers."""
     data = bytes(data)
     parser = _Parser(data)
-    root, _ = parser.entity(0, "", False, 0, ())
+    root = parser.entity(0, "", False, 0, ())[0]
     header = data[root.header_start:root.header_end]
     fields = H.fields(header)
     body, structure = body_and_bodystructure(root, data)

@@ -151,8 +151,8 @@ def _mailbox(tokens) -> tuple | None:
         return _phrase(tokens[:lt]), route, mailbox, host
     if not any(t[0] == "@" for t in tokens):
         words = [t for t in tokens if t[0] != "c"]
-        if len(words) > 1 and any(t[2] for t in words[1:]):
-            # a bare phrase: Dovecot's reading of "To: Some Name"
+        if (len(words) > 1 and any(t[2] for t in words[1:])) or (len(words) == 1 and words[0][0] == "q"):
+            # a bare phrase: Dovecot's reading of 'To: Some Name' and 'To: "Name"'
             return _phrase(tokens), None, MISSING_MAILBOX, MISSING_DOMAIN
     route, mailbox, host = _addr_spec(tokens)
     comment = next((t for k, t, _ in tokens if k == "c" and t.strip()), None)

@@ -11,10 +11,19 @@ the end of the data.  Nothing raises: any input gives a tree.
 
 from __future__ import annotations
 
+import array
+import bisect
+
 from . import _headers as H
 
 MAX_DEPTH = 100      # nesting deeper than this is an opaque application/octet-stream part
 MAX_PARTS = 10000    # past this many parts, the rest of a multipart is its epilogue
+# Past this many boundary comparisons (only crafted input gets near), no more boundaries are
+# recognised: the parts still open run to the end of the data.
+MAX_BOUNDARY_CHECKS = 200_000
+# Up to this nesting depth each boundary is searched for directly (in C); deeper, the lines
+# starting with "--" are listed once and checked against every open boundary.
+SHALLOW = 3
 
 _MESSAGE_SUBTYPES = ("rfc822", "global")
 
@@ -149,7 +158,13 @@ def count_lf(data: bytes, start: int = 0, end: int | None = None) -> int:
 
 
 class _Parser:
-    __slots__ = ("data", "n", "crlf_only", "vsize", "count", "_memo", "close_end")
+    """One parse of one message.  Entities are parsed top-down; each part's extent comes from
+    the first delimiter line of an enclosing multipart after it.  Lines starting with "--"
+    are found once (``cands``) and every search walks that list, so deep or unterminated
+    nesting does not rescan the bytes."""
+
+    __slots__ = ("data", "n", "crlf_only", "vsize", "count", "checks", "_memo", "close_end",
+                 "cands", "scanned", "_found")
 
     def __init__(self, data: bytes):
         self.data = data
@@ -157,11 +172,69 @@ class _Parser:
         bare = count_lf(data) - data.count(b"\r\n")
         self.crlf_only = bare == 0
         self.vsize = self.n + bare
-        self.count = 0
+        self.count = 0    # parts made
+        self.checks = 0   # boundary comparisons made (bounded by MAX_BOUNDARY_CHECKS)
         self._memo = None
         self.close_end = -1  # just after the last close-delimiter line seen
+        # Offsets of the lines starting with "--", ascending; complete from cands[0] (or the
+        # offset the list was started at) up to ``scanned``.  Used under deep nesting.
+        self.cands = array.array("Q")
+        self.scanned = -1
+        # Shallow nesting: boundary -> (searched from, offset of its next line or -1).
+        self._found: dict[bytes, tuple[int, int]] = {}
 
-    # A found boundary line: (offset of its "--", index of its boundary in the stack, is close).
+    # A found boundary line is (offset of its "--", index of its boundary in the stack, is close).
+
+    def more_candidates(self) -> bool:
+        """Append the next line starting with "--" to ``cands``; False at the end of the data."""
+        if self.scanned >= self.n:
+            return False
+        j = self.data.find(b"\n--", self.scanned - 1 if self.scanned else 0)
+        if j < 0:
+            self.scanned = self.n
+            return False
+        self.cands.append(j + 1)
+        self.scanned = j + 2
+        return True
+
+    def first_candidate(self, pos: int) -> int:
+        """Index in ``cands`` of the first line starting with "--" at or after ``pos``."""
+        start = self.cands[0] if self.cands else self.scanned
+        if pos < start or pos > self.scanned:
+            # (re)start the list at ``pos``: parsing moves forward, so this is rare
+            del self.cands[:]
+            self.scanned = pos
+            if pos == 0 and self.data.startswith(b"--"):
+                self.cands.append(0)
+                self.scanned = 1
+        while self.scanned <= pos and self.more_candidates():
+            pass
+        return bisect.bisect_left(self.cands, pos)
+
+    def candidate(self, i: int) -> int:
+        """The ``i``-th line starting with "--" (found on demand), or -1 past the last one."""
+        cands = self.cands
+        while i >= len(cands):
+            if not self.more_candidates():
+                return -1
+        return cands[i]
+
+    def match(self, bol: int, stack: tuple) -> tuple | None:
+        """The boundary line at ``bol`` (a line starting with "--") for ``stack``, or None."""
+        top = len(stack) - 1
+        self.checks += top + 1
+        if self.checks > MAX_BOUNDARY_CHECKS:
+            return None  # pathological input: stop recognising boundaries
+        startswith = self.data.startswith
+        best = -1
+        blen = 0
+        for level in range(top, -1, -1):
+            b = stack[level]
+            if len(b) > blen and startswith(b, bol + 2):
+                best, blen = level, len(b)
+        if best < 0:
+            return None
+        return bol, best, startswith(b"--", bol + 2 + blen)
 
     def next_boundary(self, pos: int, stack: tuple) -> tuple | None:
         """The first line at or after ``pos`` (a line start) that is a delimiter of one of the
@@ -171,34 +244,46 @@ class _Parser:
         memo = self._memo
         if memo is not None and memo[0] == pos and memo[1] is stack:
             return memo[2]
-        data = self.data
-        find = data.find
-        startswith = data.startswith
-        top = len(stack) - 1
-        i = pos - 1 if pos > 0 else 0
-        if pos == 0 and startswith(b"--"):
-            i = -1  # a boundary on the very first line
+        if len(stack) <= SHALLOW:
+            result = self._next_boundary_direct(pos, stack)
+            self._memo = (pos, stack, result)
+            return result
+        if self.checks > MAX_BOUNDARY_CHECKS:
+            return None
+        i = self.first_candidate(pos)
         result = None
         while True:
-            if i >= 0:
-                j = find(b"\n--", i)
-                if j < 0:
-                    break
-                bol = j + 1
-            else:
-                bol = 0
-            best = -1
-            blen = 0
-            for level in range(top, -1, -1):
-                b = stack[level]
-                if len(b) > blen and startswith(b, bol + 2):
-                    best, blen = level, len(b)
-            if best >= 0:
-                result = (bol, best, startswith(b"--", bol + 2 + blen))
+            bol = self.candidate(i)
+            if bol < 0:
                 break
-            i = bol + 1
+            i += 1
+            result = self.match(bol, stack)
+            if result is not None or self.checks > MAX_BOUNDARY_CHECKS:
+                break
         self._memo = (pos, stack, result)
         return result
+
+    def _next_boundary_direct(self, pos: int, stack: tuple) -> tuple | None:
+        """``next_boundary`` by searching each boundary's line in C (few boundaries)."""
+        data = self.data
+        found = self._found
+        first = -1
+        for b in stack:
+            known = found.get(b)
+            if known is not None and known[0] <= pos and (known[1] < 0 or known[1] >= pos):
+                bol = known[1]
+            else:
+                if pos == 0 and data.startswith(b"--" + b):
+                    bol = 0
+                else:
+                    j = data.find(b"\n--" + b, pos - 1 if pos else 0)
+                    bol = j + 1 if j >= 0 else -1
+                found[b] = (pos, bol)
+            if bol >= 0 and (first < 0 or bol < first):
+                first = bol
+        if first < 0:
+            return None
+        return self.match(first, stack)
 
     def header_end(self, hs: int, limit: int) -> int:
         """Offset just after the blank line ending the header at ``hs``, searched before
@@ -210,6 +295,47 @@ class _Parser:
             return hs + 2
         p = data.find(b"\n\r\n", hs, limit)
         q = data.find(b"\n\n", hs, p + 2 if p >= 0 else limit)
+        if q >= 0:
+            return q + 2
+        if p >= 0:
+            return p + 3
+        return -1
+
+    def scan_header(self, hs: int, stack: tuple) -> tuple[int, tuple | None]:
+        """(end of the header at ``hs``, None), or (offset of a delimiter line met before any
+        blank line, that boundary).  -1 as end: no blank line before the end of the data.
+        Only the lines of the header itself are looked at."""
+        if not stack:
+            return self.header_end(hs, self.n), None
+        if len(stack) <= SHALLOW:
+            stop = self.next_boundary(hs, stack)
+            he = self.header_end(hs, stop[0] if stop is not None else self.n)
+            if he < 0 and stop is not None:
+                return stop[0], stop
+            if he >= 0:
+                self._memo = (he, stack, stop)  # nothing between the header and ``stop``
+            return he, None
+        i = self.first_candidate(hs)
+        pos = hs
+        while True:
+            bol = self.candidate(i) if self.checks <= MAX_BOUNDARY_CHECKS else -1
+            if bol < 0:
+                he = self.header_end(pos, self.n) if pos == hs else self._blank_in(pos, self.n)
+                return he, None
+            he = self.header_end(pos, bol) if pos == hs else self._blank_in(pos, bol)
+            if he >= 0:
+                return he, None
+            found = self.match(bol, stack)
+            if found is not None:
+                return bol, found
+            pos = bol
+            i += 1
+
+    def _blank_in(self, start: int, limit: int) -> int:
+        """Like ``header_end`` for a stretch of a header that does not start the header."""
+        data = self.data
+        p = data.find(b"\n\r\n", start, limit)
+        q = data.find(b"\n\n", start, p + 2 if p >= 0 else limit)
         if q >= 0:
             return q + 2
         if p >= 0:
@@ -234,76 +360,107 @@ class _Parser:
 
     def entity(self, hs: int, number: str, in_digest: bool, depth: int, stack: tuple):
         """Parse the entity whose header starts at ``hs``; returns (part, boundary that ended it
-        or None at the end of the data)."""
+        or None at the end of the data, LF count of its body, CRLF count of its body)."""
         self.count += 1
         part = Part(number, hs)
-        stop = self.next_boundary(hs, stack)
-        limit = stop[0] if stop is not None else self.n
-        he = self.header_end(hs, limit)
-        blank_end = he
-        if stop is not None and (he < 0 or he == limit):
-            # the header runs into a delimiter line: the line break before it is the
-            # delimiter's, even when it ends the blank line (Dovecot reads it the same way)
-            he = self.end_before(limit, hs)
+        he, cut = self.scan_header(hs, stack)
+        at_body = None  # a delimiter line right after the header's blank line
+        if cut is not None:
+            # the header runs into a delimiter line; the line break before it is the delimiter's
+            he = self.end_before(cut[0], hs)
         elif he < 0:
-            he = limit
+            he = self.n
+        elif stack and self.data.startswith(b"--", he):
+            at_body = self.match(he, stack)
         part.header_end = he
         if in_digest:
             part.ctype, part.subtype = "message", "rfc822"
         if he > hs:
             self.content_headers(part, hs, he)
         ctype = part.ctype
-        if blank_end == limit and ctype == "multipart" and stop is not None:
-            # ... unless that line is this multipart's own first delimiter, matching a longer
-            # boundary than the parent's (the innermost wins a tie)
-            own = (part.param("boundary") or "").encode("utf-8")
-            if own and len(own) >= len(stack[stop[1]]) and self.data.startswith(own, limit + 2):
-                he = part.header_end = blank_end
-        if ctype == "multipart" or (ctype == "message" and part.subtype in _MESSAGE_SUBTYPES):
+        is_message = ctype == "message" and part.subtype in _MESSAGE_SUBTYPES
+        if at_body is not None:
+            # The blank line's line break belongs to that delimiter too (as Dovecot reads it)...
+            own = (part.param("boundary") or "").encode("utf-8") if ctype == "multipart" else b""
+            if not (own and len(own) >= len(stack[at_body[1]]) and self.data.startswith(own, he + 2)):
+                # ... unless it is this multipart's own first delimiter (innermost wins a tie)
+                he = part.header_end = self.end_before(he, hs)
+        stop = cut
+        inner_counts = None  # (LF, CRLF) counts of what is inside the body
+        child_counts = None
+        if (ctype == "multipart" or is_message) and cut is None:
             if depth >= MAX_DEPTH or self.count >= MAX_PARTS:
                 _make_opaque(part)
+                stop = at_body if at_body is not None else self.next_boundary(he, stack)
             elif ctype == "multipart":
                 boundary = part.param("boundary")
                 if boundary:
                     # RFC 2046 boundaries are ASCII; 8-bit ones were UTF-8 if anything
-                    stop = self.multipart(part, boundary.encode("utf-8"), depth, stack)
+                    stop, child_counts = self.multipart(part, boundary.encode("utf-8"), depth, stack)
+                else:
+                    stop = at_body if at_body is not None else self.next_boundary(he, stack)
             else:
-                part.message, stop = self.entity(he, number, False, depth + 1, stack)
-        part.body_end = self.end_before(stop[0], he) if stop is not None else self.n
-        data = self.data
-        be = part.body_end
-        # (counting "\r\n" is several times faster than counting "\n" in CPython)
-        if self.crlf_only:
-            part.octets = be - he
-            if ctype == "text" or part.message is not None:
-                part.lines = data.count(b"\r\n", he, be)
+                inner, stop, lf, crlf = self.entity(he, number, False, depth + 1, stack)
+                part.message = inner
+                inner_counts = (lf, crlf, inner.header_end, inner.body_end)
+        elif cut is None:
+            stop = at_body if at_body is not None else self.next_boundary(he, stack)
+        be = part.body_end = self.end_before(stop[0], he) if stop is not None else self.n
+        # Line counts are summed from the parts inside, so nested parts are not recounted.
+        if child_counts:
+            lf = crlf = 0
+            pos = he
+            for child, (clf, ccrlf) in zip(part.children, child_counts):
+                a, b = self.counts(pos, child.header_end)
+                lf += a + clf
+                crlf += b + ccrlf
+                pos = child.body_end
+            a, b = self.counts(pos, be)
+            lf, crlf = lf + a, crlf + b
+        elif inner_counts is not None:
+            lf, crlf, ihe, ibe = inner_counts
+            a, b = self.counts(he, ihe)
+            c, d = self.counts(ibe, be)
+            lf, crlf = lf + a + c, crlf + b + d
         else:
-            lf = count_lf(data, he, be)
-            part.octets = be - he + lf - data.count(b"\r\n", he, be)
-            if ctype == "text" or part.message is not None:
-                part.lines = lf
-        return part, stop
+            lf, crlf = self.counts(he, be)
+        part.octets = be - he + lf - crlf
+        if ctype == "text" or part.message is not None:
+            part.lines = lf
+        return part, stop, lf, crlf
+
+    def counts(self, start: int, end: int) -> tuple[int, int]:
+        """(LF count, CRLF count) of ``data[start:end]``.  (Counting "\r\n" is several times
+        faster than counting "\n" in CPython; with no bare LF in the data they are equal.)"""
+        if end <= start:
+            return 0, 0
+        crlf = self.data.count(b"\r\n", start, end)
+        return (crlf if self.crlf_only else count_lf(self.data, start, end)), crlf
 
     def multipart(self, part: Part, boundary: bytes, depth: int, stack: tuple):
-        """Split a multipart body into children; returns the boundary that ended the multipart."""
+        """Split a multipart body into children; returns (the boundary that ended the multipart,
+        the (LF, CRLF) counts of each child's body)."""
         level = len(stack)
         inner = stack + (boundary,)
         prefix = part.number + "." if part.number else ""
         digest = part.subtype == "digest"
         children = part.children
+        counts = []
         found = self.next_boundary(part.header_end, inner)
         while found is not None and found[1] == level and not found[2]:
             start = self.line_after(found[0])
             if self.count >= MAX_PARTS:
-                return self.next_boundary(start, stack)
-            child, found = self.entity(start, prefix + str(len(children) + 1), digest, depth + 1, inner)
+                return self.next_boundary(start, stack), counts
+            child, found, lf, crlf = self.entity(
+                start, prefix + str(len(children) + 1), digest, depth + 1, inner)
             children.append(child)
+            counts.append((lf, crlf))
         if found is None:
-            return None
+            return None, counts
         if found[1] == level:  # close delimiter: the epilogue runs to the parent's next boundary
             self.close_end = self.line_after(found[0])
-            return self.next_boundary(self.close_end, stack)
-        return found  # a parent's boundary closes this multipart too
+            return self.next_boundary(self.close_end, stack), counts
+        return found, counts  # a parent's boundary closes this multipart too
 
     def content_headers(self, part: Part, hs: int, he: int) -> None:
         """Fill the MIME fields of ``part`` from the Content-* fields of its header."""
@@ -315,12 +472,12 @@ class _Parser:
                 continue  # the first occurrence counts
             seen.add(name)
             if name == b"type":
-                parsed = H.parse_content_type(H.unfold(value))
+                parsed = H.content_type(value)
                 if parsed is None:
                     continue
                 t, st, params, raw_params = parsed
                 part.ctype, part.subtype = t.lower(), st.lower()
-                part.params = params
+                part.params = list(params)
                 if t != part.ctype or st != part.subtype or raw_params is not None:
                     raw = raw or {}
                     if t != part.ctype:
@@ -328,9 +485,9 @@ class _Parser:
                     if st != part.subtype:
                         raw["subtype"] = st
                     if raw_params is not None:
-                        raw["params"] = raw_params
+                        raw["params"] = list(raw_params)
             elif name == b"transfer-encoding":
-                enc = H.first_token(H.unfold(value))
+                enc = H.transfer_encoding(value)
                 if enc:
                     part.encoding = enc.lower()
                     if enc != part.encoding:
@@ -347,17 +504,17 @@ class _Parser:
             elif name == b"language":
                 part.language = H.parse_language(H.unfold(value))
             elif name == b"disposition":
-                parsed = H.parse_disposition(H.unfold(value))
+                parsed = H.disposition(value)
                 if parsed is None:
                     continue
                 dtype, dparams, raw_dparams = parsed
-                part.disposition = (dtype.lower(), dparams)
+                part.disposition = (dtype.lower(), list(dparams))
                 if dtype != part.disposition[0] or raw_dparams is not None:
                     raw = raw or {}
                     if dtype != part.disposition[0]:
                         raw["dtype"] = dtype
                     if raw_dparams is not None:
-                        raw["dparams"] = raw_dparams
+                        raw["dparams"] = list(raw_dparams)
         part.raw = raw
 
 
@@ -377,8 +534,7 @@ def _make_opaque(part: Part) -> None:
 def parse(data: bytes) -> Part:
     """The root entity (number "") of the message in ``data``.  Never raises on bad input."""
     parser = _Parser(bytes(data))
-    root, _ = parser.entity(0, "", False, 0, ())
-    return root
+    return parser.entity(0, "", False, 0, ())[0]
 
 
 def find_part(root: Part, part: tuple[int, ...]) -> Part | None:
