@@ -17,11 +17,27 @@ from .parser import Part
 _NEEDS_LITERAL = re.compile(r'[^\x01-\x09\x0b\x0c\x0e-\x21\x23-\x5b\x5d-\x7f]')
 
 
+_COMMON: dict[str, str] = {}  # short strings seen before -> their IMAP form
+_COMMON_MAX = 4096
+
+
 def imap_string(s: str | bytes) -> str:
     """``s`` as an IMAP string: ``"quoted"`` when it can be, else a literal ``{n}\\r\\n...``.
 
     Bytes are read as UTF-8, or latin-1 when they are not valid UTF-8.  NUL cannot appear in
     an IMAP string and is dropped."""
+    if type(s) is str:
+        out = _COMMON.get(s)
+        if out is not None:
+            return out
+        out = _imap_string(s)
+        if len(s) <= 32 and len(_COMMON) < _COMMON_MAX:
+            _COMMON[s] = out  # type names, charsets, encodings, common names: the same everywhere
+        return out
+    return _imap_string(s)
+
+
+def _imap_string(s: str | bytes) -> str:
     if isinstance(s, (bytes, bytearray)):
         s = bytes(s)
         if s.isascii():
@@ -288,12 +304,12 @@ def envelope_from_fields(fields) -> str:
         v = single.get(name)
         return "NIL" if v is None else imap_string(H.field_value(v))
 
-    frm = addresses.get("from") or []
-    sender = addresses.get("sender") or frm
-    reply_to = addresses.get("reply-to") or frm
+    frm = _address_list(addresses.get("from"))
+    sender = addresses.get("sender")
+    reply_to = addresses.get("reply-to")
     return "(%s %s %s %s %s %s %s %s %s %s)" % (
-        text("date"), text("subject"), _address_list(frm), _address_list(sender),
-        _address_list(reply_to), _address_list(addresses.get("to")),
+        text("date"), text("subject"), frm, _address_list(sender) if sender else frm,
+        _address_list(reply_to) if reply_to else frm, _address_list(addresses.get("to")),
         _address_list(addresses.get("cc")), _address_list(addresses.get("bcc")),
         text("in-reply-to"), text("message-id"))
 
