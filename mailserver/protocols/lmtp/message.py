@@ -4,7 +4,9 @@ the DATA reader and the trace headers added at delivery."""
 from __future__ import annotations
 
 import email.utils
+import functools
 import re
+import time
 
 MAX_PATH_LENGTH = 256           # RFC 5321 4.5.3.1.3
 
@@ -156,6 +158,12 @@ class DataReader:
         return data
 
 
+@functools.lru_cache(maxsize=4)
+def _date(second: int) -> str:
+    """RFC 5322 date in local time (cached: formatting costs more than the rest of the headers)."""
+    return email.utils.formatdate(second, localtime=True)
+
+
 def trace_headers(sender: str, recipients: list[str], lhlo: str, peer_ip: str, hostname: str,
                   session: str, now: float | None = None) -> bytes:
     """Return-Path, Delivered-To and Received, as Dovecot's LMTP adds them: Delivered-To and the
@@ -167,7 +175,7 @@ def trace_headers(sender: str, recipients: list[str], lhlo: str, peer_ip: str, h
         lines.append(f"Delivered-To: {single}")
     lines.append(f"Received: from {lhlo or 'unknown'}" + (f" ([{peer_ip}])" if peer_ip else ""))
     lines += [f"\tby {hostname} with LMTP", f"\tid {session}"]
-    date = email.utils.formatdate(now, localtime=True)
+    date = _date(int(time.time() if now is None else now))
     if single is not None:
         lines += [f"\t(envelope-from <{sender}>)", f"\tfor <{single}>; {date}"]
     else:
