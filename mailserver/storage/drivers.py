@@ -130,6 +130,39 @@ class IndexStore(abc.ABC):
         """Append to a file (created if missing, parents too); returns the offset written at.
         Not durable until ``sync``.  Callers hold the file's lock."""
 
+    async def append_at(self, path: str, offset: int, data: bytes, *, lock: str,
+                        cut_tail_at_size: int | None = None) -> tuple[bool, bytes | None]:
+        """Compare-and-append, the one write primitive of the index log.
+
+        Holding the lock named ``lock``: if the file's size is ``offset`` (a missing file counts as
+        size 0), append ``data`` and return ``(True, None)``.  If its size is ``cut_tail_at_size``,
+        first cut it back to ``offset`` (the caller saw a torn tail there), then append.  Otherwise
+        append nothing and return ``(False, tail)`` with the bytes from ``offset`` to the end, or
+        ``(False, None)`` if the file is missing while ``offset`` > 0.  Not durable until ``sync``.
+
+        This default takes the lock and makes several calls; drivers override it to do the
+        whole thing in one round trip.
+        """
+        held = await self.lock(lock)
+        try:
+            size = await self.size(path)
+            if size is None and offset > 0:
+                return False, None
+            size = size or 0
+            if size != offset and cut_tail_at_size is not None and size == cut_tail_at_size:
+                await self.truncate(path, offset)
+                size = offset
+            if size != offset:
+                return False, await self.read(path, offset)
+            await self.append(path, data)
+            return True, None
+        finally:
+            await held.release()
+
+    async def truncate(self, path: str, size: int) -> None:
+        """Cut a file back to ``size`` bytes (only under its lock, to drop a torn tail)."""
+        raise NotImplementedError(f"{type(self).__name__} cannot truncate")
+
     @abc.abstractmethod
     async def sync(self, paths: Iterable[str]) -> None:
         """Make earlier appends to ``paths`` durable.  Concurrent calls are grouped (one flush
