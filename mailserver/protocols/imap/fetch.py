@@ -162,8 +162,10 @@ def storage_items(atts: list) -> set:
                 items.add(FetchItem.DATA)
                 if att.section.part or att.section.text:
                     items.add(FetchItem.PARTS)
-    if FetchItem.DATA in items:
+    if FetchItem.DATA in items and FetchItem.HEADER in items:
+        # The whole message is read anyway: serve header sections from it (with the part tree).
         items.discard(FetchItem.HEADER)
+        items.add(FetchItem.PARTS)
     return items
 
 

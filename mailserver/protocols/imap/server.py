@@ -326,7 +326,7 @@ class IMAPServerProtocol(Protocol):
             self.writer.write(status_line(cmd.tag, "BAD", "Unknown command"))
             return
         if self.state not in spec.states:
-            self.writer.write(status_line(cmd.tag, "BAD", self._state_error()))
+            self.writer.write(status_line(cmd.tag, "BAD", self._state_error(spec)))
             return
         status, code, text = "OK", None, f"{name} completed"
         try:
@@ -369,10 +369,12 @@ class IMAPServerProtocol(Protocol):
         except Exception:
             log.failure("imap session={session}: refresh failed", Failure(), session=self.session_id)
 
-    def _state_error(self) -> str:
+    def _state_error(self, spec) -> str:
         if self.state is State.NOT_AUTHENTICATED:
             return "Not logged in"
-        if self.state is State.AUTHENTICATED:
+        if State.NOT_AUTHENTICATED in spec.states:
+            return "Already logged in"
+        if self.state is State.AUTHENTICATED and State.SELECTED in spec.states:
             return "No mailbox selected"
         return "Command not valid in this state"
 
