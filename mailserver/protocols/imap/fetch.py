@@ -170,16 +170,16 @@ def storage_items(atts: list) -> set:
 
 
 def section_data(att: FetchAtt, mail) -> bytes | None:
-    """The bytes of a body section of one fetched message (None: no such part)."""
+    """The bytes of a body section of one fetched message, CRLF line ends (None: no such part)."""
     from mailserver.storage import mime
     spec = att.section
     if mail.data is None:
         header = mail.header or b""
         if spec.text == "HEADER":
-            return header
+            return mime.crlf(header)
         return mime.header_fields(header, spec.fields, exclude=spec.text.endswith(".NOT"))
     if not spec.part and not spec.text:
-        return mail.data
+        return mime.crlf(mail.data)
     root = mail.parts if mail.parts is not None else mime.parse(mail.data)
     return mime.get_section(mail.data, root, spec.to_mime())
 

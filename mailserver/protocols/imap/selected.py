@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import bisect
 
-from mailserver.storage.api import Changes
+from mailserver.storage.api import SEEN, Changes
 
 from .response import flag_list
 
@@ -60,13 +60,20 @@ class Selected:
             return flag_list(set(info.flags) | {RECENT})
         return flag_list(info.flags)
 
-    def keywords(self) -> set:
-        """Keywords used by messages of the view (for the FLAGS response)."""
+    def scan(self) -> tuple[set, int]:
+        """(keywords used by messages of the view, sequence number of the first message without
+        \\Seen or 0), in one pass over the view (for SELECT)."""
         words: set = set()
-        for info in self.mailbox.all_info():
-            if info is not None:
-                words.update(f for f in info.flags if not f.startswith("\\"))
-        return words
+        first_unseen = 0
+        for msn, info in enumerate(self.mailbox.all_info(), 1):
+            if info is None:
+                continue
+            for flag in info.flags:
+                if not flag.startswith("\\"):
+                    words.add(flag)
+            if not first_unseen and SEEN not in info.flags:
+                first_unseen = msn
+        return words, first_unseen
 
     # --- updates ------------------------------------------------------------------------------
     async def sync(self, writer, expunges: bool = True, force: bool = False) -> None:

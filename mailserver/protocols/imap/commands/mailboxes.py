@@ -44,7 +44,8 @@ async def _select(session, args: Args, readonly: bool):
     selected = Selected(mailbox, readonly or bool(getattr(mailbox, "readonly", False)), session.wake)
     session.selected = selected
     session.state = State.SELECTED
-    flags = flag_list(set(SYSTEM_FLAGS) | selected.keywords())
+    keywords, first_unseen = selected.scan()
+    flags = flag_list(set(SYSTEM_FLAGS) | keywords)
     uids = selected.uids()
     w = session.writer
     w.write(b"* FLAGS " + flags + CRLF)
@@ -53,7 +54,6 @@ async def _select(session, args: Args, readonly: bool):
     else:
         w.write(b"* OK [PERMANENTFLAGS " + flags[:-1] + b" \\*)] Flags permitted" + CRLF)
     w.write(b"* %d EXISTS\r\n* %d RECENT\r\n" % (len(uids), selected.recent))
-    first_unseen = _first_unseen(mailbox)
     if first_unseen:
         w.write(b"* OK [UNSEEN %d] First unseen message\r\n" % first_unseen)
     w.write(b"* OK [UIDVALIDITY %d] UIDs valid\r\n" % mailbox.uidvalidity)
@@ -62,13 +62,6 @@ async def _select(session, args: Args, readonly: bool):
     if selected.readonly:
         return Done("Examine completed", "READ-ONLY")
     return Done("Select completed", "READ-WRITE")
-
-
-def _first_unseen(mailbox) -> int:
-    for msn, info in enumerate(mailbox.all_info(), 1):
-        if info is not None and "\\Seen" not in info.flags:
-            return msn
-    return 0
 
 
 # --- the mailbox list -------------------------------------------------------------------------
