@@ -255,3 +255,16 @@ async def test_mailbox_list_commands(ctx):
     assert await w.cmd("STATUS nothere (MESSAGES)") == [b"t20 NO [NONEXISTENT] Mailbox does not exist"]
     assert await w.cmd("STATUS INBOX (FROB)") == [b"t21 BAD Unknown STATUS item FROB"]
     assert await w.cmd("SELECT nothere") == [b"t22 NO [NONEXISTENT] Mailbox does not exist"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_silent_client_during_authenticate_times_out(ctx):
+    w = Wire(ctx)
+    w.take()
+    w.send(b"a AUTHENTICATE PLAIN\r\n")
+    assert await w.until(b"\r\n") == b"+ \r\n"
+    w.clock.advance(61)
+    assert w.take() == b"* BYE Disconnecting for inactivity\r\n"
+    assert w.closed
+    w.lost()
+    assert ctx.connections == set()

@@ -66,7 +66,7 @@ class IMAPServerProtocol(Protocol):
         self.writer: ResponseWriter | None = None
         # bytes: close once the command is answered, after writing them (LOGOUT, auth failures)
         self.close_after_reply: bytes | None = None
-        self.idling = False
+        self._waiting_input = False         # a command waits for the client (IDLE, AUTHENTICATE)
         self._queue: collections.deque = collections.deque()
         self._running = False
         self._input_owner = None            # command that reads input itself / stops parsing
@@ -159,7 +159,7 @@ class IMAPServerProtocol(Protocol):
 
     def _timed_out(self) -> None:
         self._timer = None
-        if self._running and not self.idling:
+        if self._running and not self._waiting_input:
             # A long command is running and the client is waiting for it: not idle.
             self._timer = self.clock.callLater(self.config.idle_timeout, self._timed_out)
             return
@@ -242,9 +242,11 @@ class IMAPServerProtocol(Protocol):
         call = None
         if timeout is not None:
             call = self.clock.callLater(timeout, self._wake)
+        self._waiting_input = True
         try:
             await d
         finally:
+            self._waiting_input = False
             if call is not None and call.active():
                 call.cancel()
 

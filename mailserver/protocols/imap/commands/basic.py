@@ -86,22 +86,17 @@ async def idle(session, tag: str, args: Args):
     interval = session.config.idle_check_interval
     writer.write(b"+ idling" + CRLF)
     writer.flush()
-    session.idling = True
-    try:
-        while True:
-            line = session.try_read_line()
-            if line is not None:
-                if line.strip().upper() == b"DONE":
-                    return Done("Idle completed")
-                raise bad("Expected DONE to end IDLE")
-            if session.closed:
-                return None
-            if session.selected is not None:
-                await session.selected.sync(writer, expunges=True, force=True)
-                writer.flush()
-            # Storage signals changes (session.wake); the timer also checks now and then for
-            # changes made by other processes.
-            await session.wait_event(interval)
-    finally:
-        session.idling = False
-
+    while True:
+        line = session.try_read_line()
+        if line is not None:
+            if line.strip().upper() == b"DONE":
+                return Done("Idle completed")
+            raise bad("Expected DONE to end IDLE")
+        if session.closed:
+            return None
+        if session.selected is not None:
+            await session.selected.sync(writer, expunges=True, force=True)
+            writer.flush()
+        # Storage signals changes (session.wake); the timer also checks now and then for
+        # changes made by other processes.
+        await session.wait_event(interval)
