@@ -3,7 +3,7 @@
 import pytest
 
 from mailserver.protocols.imap.parser import (
-    CONTINUE, Args, Atom, BadSyntax, Command, CommandParser, LineTooLong, Literal8, ParseError,
+    CONTINUE, Args, Atom, BadSyntax, Command, CommandParser, LineTooLong, Literal, Literal8, ParseError,
     String, parse_tokens,
 )
 
@@ -71,6 +71,7 @@ def test_synchronising_literal_needs_continuation_and_can_split_anywhere():
         assert evs[0] is CONTINUE
         assert isinstance(evs[1], Command) and len(evs) == 2
         assert evs[1].args == [Atom("INBOX"), [Atom("\\Seen")], String(b"hello world")]
+        assert type(evs[1].args[2]) is Literal
 
 
 def test_literal_byte_by_byte():

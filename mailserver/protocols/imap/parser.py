@@ -13,8 +13,8 @@ returns the next event once enough bytes are there:
 
 Tokens in ``args``: ``Atom`` (a str: atoms, numbers, flags, sequence sets, ``NIL``; a fetch
 attribute such as ``BODY.PEEK[HEADER.FIELDS (A B)]<0.100>`` is one Atom, brackets included),
-``String`` (bytes: a quoted string without its escapes, or a literal), ``Literal8`` (bytes,
-``~{n}``), and Python lists for parenthesised lists.  ``Args`` reads them with typed accessors.
+``String`` (bytes: a quoted string without its escapes; ``Literal``, a subclass, for a literal),
+``Literal8`` (bytes, ``~{n}``), and Python lists for parenthesised lists.  ``Args`` reads them with typed accessors.
 
 Bounds: the non-literal bytes of one command (``max_line_length``), each literal
 (``max_literal_size``), the whole command (``max_command_size``) and list nesting
@@ -48,6 +48,10 @@ class Atom(str):
 
 class String(bytes):
     """A quoted string (escapes removed) or a literal."""
+
+
+class Literal(String):
+    """A string that came as a literal ``{n}`` (APPEND tells the message from a date this way)."""
 
 
 class Literal8(bytes):
@@ -197,7 +201,7 @@ class CommandParser:
                 data = bytes(self._buf[:self._need])
                 del self._buf[:self._need]
                 self._size += self._need
-                self._stack[-1].append(Literal8(data) if self._literal8 else String(data))
+                self._stack[-1].append(Literal8(data) if self._literal8 else Literal(data))
                 self._state = _S_LINE
             elif state == _S_SKIP_LITERAL:
                 take = min(self._need, len(self._buf))

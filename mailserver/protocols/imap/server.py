@@ -71,6 +71,7 @@ class IMAPServerProtocol(Protocol):
         self._running = False
         self._input_owner = None            # command that reads input itself / stops parsing
         self._waiter: defer.Deferred | None = None
+        self._woken = False                 # a wake came while nobody was waiting
         self._reading_paused = False
         self._closing = False               # decided to close: ignore further input
         self._closed = False                # connection lost
@@ -231,11 +232,14 @@ class IMAPServerProtocol(Protocol):
         waiter, self._waiter = self._waiter, None
         if waiter is not None:
             waiter.callback(None)
+        else:
+            self._woken = True      # nobody waits now: the next wait_event returns at once
 
     async def wait_event(self, timeout: float | None = None) -> None:
         """Wait for input, a change of the selected mailbox, the end of the connection, or
         ``timeout`` seconds."""
-        if self._closed:
+        if self._closed or self._woken:
+            self._woken = False
             return
         d = defer.Deferred()
         self._waiter = d
@@ -330,7 +334,7 @@ class IMAPServerProtocol(Protocol):
         if self.state not in spec.states:
             self.writer.write(status_line(cmd.tag, "BAD", self._state_error(spec)))
             return
-        status, code, text = "OK", None, f"{name} completed"
+        status, code, text = "OK", None, f"{spec.name} completed"
         try:
             result = await spec.handler(self, cmd.tag, args, **kwargs)
             if isinstance(result, Done):

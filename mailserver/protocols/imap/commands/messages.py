@@ -12,7 +12,7 @@ from mailserver.storage.errors import StorageError
 
 from .. import names
 from ..errors import bad, no, storage_answer
-from ..parser import Args, Atom, Literal8, String
+from ..parser import Args, Atom, Literal, Literal8, String
 from ..search import parse_search
 from ..seqset import InvalidSequenceSet, OutOfRange, SequenceSet, format_uids
 from . import AUTH, SELECTED, Done, Sync, command
@@ -205,13 +205,13 @@ async def append(session, tag: str, args: Args):
         internaldate = None
         if isinstance(args.peek(), list):
             flags = parse_flags(args.list("flag list").items)
-        following = args.items[args.pos + 1] if args.pos + 1 < len(args.items) else None
-        if isinstance(args.peek(), String) and isinstance(following, (String, Literal8)):
+        date = args.peek()
+        if isinstance(date, String) and not isinstance(date, Literal):
             internaldate = _date_time(args.string("date-time"))
         message = args.next("message literal")
         if isinstance(message, Literal8):
             raise no("Binary literals are not supported", "CANNOT")
-        if not isinstance(message, String):
+        if not isinstance(message, Literal):
             raise bad("Expected a message literal")
         if not message:
             raise no("Cannot save an empty message", "CLIENTBUG")
