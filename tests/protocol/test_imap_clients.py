@@ -62,15 +62,15 @@ def test_imapclient_session(mail_server, account):
     c.append("INBOX", MULTIPART)
     info = c.select_folder("INBOX")
     assert info[b"EXISTS"] == 4 and info[b"UIDNEXT"] == 5
-    got = c.fetch("1:4", ["FLAGS", "RFC822.SIZE", "ENVELOPE", "INTERNALDATE"])
+    got = c.fetch([1, 2, 3, 4], ["FLAGS", "RFC822.SIZE", "ENVELOPE", "INTERNALDATE"])
     assert got[1][b"RFC822.SIZE"] == len(mail(1))
-    assert got[2][b"FLAGS"] == (b"$Work",)
+    assert got[2][b"FLAGS"] == (b"\\Recent", b"$Work")
     assert got[1][b"ENVELOPE"].subject == b"Hello 1"
     body = c.fetch([2], ["BODY.PEEK[]", "BODY.PEEK[HEADER.FIELDS (SUBJECT)]", "BODY.PEEK[TEXT]<0.4>"])[2]
     assert body[b"BODY[]"] == mail(2)
     assert body[b"BODY[HEADER.FIELDS (SUBJECT)]"] == b"Subject: Hello 2\r\n\r\n"
     assert body[b"BODY[TEXT]<0>"] == b"Body"
-    assert c.get_flags([2])[2] == (b"$Work",)             # PEEK did not set \Seen
+    assert c.get_flags([2])[2] == (b"\\Recent", b"$Work")   # PEEK did not set \Seen
     parts = c.fetch([4], ["BODYSTRUCTURE", "BODY[2]", "BODY[1.MIME]"])[4]
     assert parts[b"BODY[2]"] == b"<p>second</p>"
     assert parts[b"BODY[1.MIME]"] == b"Content-Type: text/plain\r\n\r\n"
@@ -81,10 +81,10 @@ def test_imapclient_session(mail_server, account):
     assert c.search(["OR", "SEEN", "UID", "1"]) == [1, 4]
     c.add_flags([1, 3], [b"\\Deleted"])
     assert c.search(["DELETED"]) == [1, 3]
-    assert c.copy([2], "Projekte/Übersicht") is not None
+    c.copy([2], "Projekte/Übersicht")
     c.move([4], "Trash")
     assert c.expunge()[1] == [(1, b"EXPUNGE"), (2, b"EXPUNGE")]
-    assert c.search(["ALL"]) == [1]
+    assert c.search(["ALL"]) == [2]
     assert c.folder_status("Projekte/Übersicht", ["MESSAGES"])[b"MESSAGES"] == 1
     assert c.folder_status("Trash", ["MESSAGES"])[b"MESSAGES"] == 1
     c.unselect_folder()
@@ -101,13 +101,13 @@ def test_uidplus_responses_with_imaplib(mail_server, account):
     m.select("INBOX")
     typ, data = m.uid("FETCH", "1", "(INTERNALDATE FLAGS)")
     assert b'INTERNALDATE "01-Jan-2024 11:00:00 +0000"' in data[0] and b"\\Flagged" in data[0]
-    typ, data = m.uid("COPY", "1", "Archive")
+    typ, data = m.copy("1", "Archive")
     assert typ == "OK" and data[0] == b"[COPYUID %d 1 1] COPY completed" % m_status_uidvalidity(m, "Archive")
     typ, data = m.copy("1", "Nowhere")
     assert typ == "NO" and data[0].startswith(b"[TRYCREATE]")
     m.uid("STORE", "1", "+FLAGS.SILENT", "(\\Deleted)")
     typ, data = m.uid("EXPUNGE", "1")
-    assert typ == "OK" and data == [b"1"]
+    assert typ == "OK" and m.response("EXPUNGE") == ("EXPUNGE", [b"1"])
     assert uidvalidity > 0
     m.logout()
 
