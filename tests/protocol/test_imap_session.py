@@ -268,3 +268,18 @@ async def test_silent_client_during_authenticate_times_out(ctx):
     assert w.closed
     w.lost()
     assert ctx.connections == set()
+
+
+@pytest_twisted.ensureDeferred
+async def test_server_shutdown_says_bye(ctx):
+    w = Wire(ctx)
+    w.take()
+    await w.login()
+    w.proto.shutdown()
+    assert w.take() == b"* BYE Server shutting down\r\n"
+    assert w.closed
+    w.lost()
+    ctx.stopping = True
+    late = Wire(ctx)
+    assert late.take() == b"* BYE Server shutting down\r\n"
+    assert late.closed
