@@ -15,10 +15,10 @@ import re
 from mailserver.storage.api import SEEN, FetchItem, StoreMode
 
 from .commands import SELECTED, Sync, command
+from .commands.messages import resolve
 from .errors import bad, no
 from .parser import Args, Atom, String, parse_tokens
 from .response import CRLF, astring, date_time, literal
-from .seqset import InvalidSequenceSet, OutOfRange, SequenceSet
 
 _HEADER_TEXTS = ("HEADER", "HEADER.FIELDS", "HEADER.FIELDS.NOT")
 _SECTION_ATT = re.compile(r"(BODY|BODY\.PEEK)\[(.*)\](?:<([0-9]+)\.([0-9]+)>)?\Z", re.DOTALL | re.IGNORECASE)
@@ -187,18 +187,11 @@ def section_data(att: FetchAtt, mail) -> bytes | None:
 @command("FETCH", SELECTED, sync=Sync.NO_EXPUNGE, uid=True)
 async def fetch(session, tag: str, args: Args, uid: bool = False):
     selected = session.selected
-    try:
-        seqset = SequenceSet.parse(args.atom("sequence set"))
-    except InvalidSequenceSet as e:
-        raise bad(str(e)) from None
+    uids = resolve(session, args, uid)
     atts = parse_atts(args)
     args.end()
     if uid and not any(a.kind == "UID" for a in atts):
         atts.insert(0, FetchAtt("UID"))
-    try:
-        uids = seqset.resolve(selected.uids(), uid)
-    except OutOfRange as e:
-        raise bad(str(e)) from None
     if not uids:
         return None
     mailbox = selected.mailbox

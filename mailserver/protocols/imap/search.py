@@ -129,6 +129,8 @@ def _set(text: str, ctx: _Context, uid: bool) -> tuple:
         seqset = SequenceSet.parse(text)
     except InvalidSequenceSet as e:
         raise BadSyntax(str(e)) from None
+    if seqset.saved and ctx.saved is None:
+        raise BadSyntax("$ needs SEARCHRES, which is not supported")
     if uid or seqset.saved:
         return seqset.uid_ranges(ctx.view, uid=True, saved=ctx.saved)
     # Sequence numbers beyond the mailbox simply match nothing in a search.

@@ -345,11 +345,12 @@ class IMAPServerProtocol(Protocol):
             status, text = "BAD", f"Error in IMAP command {name}: {e.text}"
         except CommandError as e:
             status, code, text = e.status, e.code, e.text
+            if isinstance(e.__cause__, StorageError):
+                self._log_storage_error(name, e.__cause__)
         except StorageError as e:
             answer = storage_answer(e)
             status, code, text = answer.status, answer.code, answer.text
-            (self.warn if is_server_fault(e) else self.info)(
-                "{command}: storage error {kind}: {detail}", command=name, kind=e.kind.value, detail=e.detail)
+            self._log_storage_error(name, e)
         except Exception:
             log.failure("imap session={session} user={user} peer={peer}: {command} failed",
                         Failure(), command=name, **self.log_fields())
@@ -360,6 +361,12 @@ class IMAPServerProtocol(Protocol):
             await self._sync(spec.sync)
         if not self._closing:
             self.writer.write(status_line(cmd.tag, status, text, code))
+
+    def _log_storage_error(self, command: str, error: StorageError) -> None:
+        """The detail of a storage error goes to the log (the client got a response code)."""
+        (self.warn if is_server_fault(error) else self.info)(
+            "{command}: storage error {kind}: {detail}", command=command, kind=error.kind.value,
+            detail=error.detail)
 
     async def _sync(self, mode: Sync) -> None:
         """Report changes of the selected mailbox as the command allows."""

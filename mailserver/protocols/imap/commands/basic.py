@@ -80,12 +80,16 @@ async def namespace(session, tag: str, args: Args):
 
 @command("IDLE", AUTH, sync=Sync.NONE, takes_input=True)
 async def idle(session, tag: str, args: Args):
-    """RFC 2177: report changes as they happen until the client sends DONE."""
+    """RFC 2177: report changes as they happen until the client sends DONE.
+
+    Storage signals every change (its index polls for other processes' writes every
+    ``idle_check_interval``), so IDLE only waits: for a client line or a signal.
+    """
     args.end()
     writer = session.writer
-    interval = session.config.idle_check_interval
     writer.write(b"+ idling" + CRLF)
     writer.flush()
+    force = True
     while True:
         line = session.try_read_line()
         if line is not None:
@@ -95,8 +99,7 @@ async def idle(session, tag: str, args: Args):
         if session.closed:
             return None
         if session.selected is not None:
-            await session.selected.sync(writer, expunges=True, force=True)
+            await session.selected.sync(writer, expunges=True, force=force)
             writer.flush()
-        # Storage signals changes (session.wake); the timer also checks now and then for
-        # changes made by other processes.
-        await session.wait_event(interval)
+        force = False
+        await session.wait_event()

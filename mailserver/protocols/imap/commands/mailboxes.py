@@ -40,7 +40,7 @@ async def _select(session, args: Args, readonly: bool):
     try:
         mailbox = await session.user.open_mailbox(name, readonly=readonly)
     except StorageError as e:
-        raise storage_answer(e, texts={ErrorKind.NOT_FOUND: "Mailbox does not exist"}) from None
+        raise storage_answer(e, texts={ErrorKind.NOT_FOUND: "Mailbox does not exist"}) from e
     selected = Selected(mailbox, readonly or bool(getattr(mailbox, "readonly", False)), session.wake)
     session.selected = selected
     session.state = State.SELECTED
@@ -72,10 +72,7 @@ async def create(session, tag: str, args: Args):
     args.end()
     if name == names.INBOX:
         raise storage_answer(StorageError(ErrorKind.EXISTS), texts={ErrorKind.EXISTS: "INBOX always exists"})
-    try:
-        await session.user.create_mailbox(name)
-    except StorageError as e:
-        raise storage_answer(e) from None
+    await session.user.create_mailbox(name)
     return "CREATE completed"
 
 
@@ -88,10 +85,7 @@ async def delete(session, tag: str, args: Args):
     if session.selected is not None and session.selected.mailbox.name == name:
         # Deleting the selected mailbox: leave it first (as Dovecot does).
         await session.unselect()
-    try:
-        await session.user.delete_mailbox(name)
-    except StorageError as e:
-        raise storage_answer(e) from None
+    await session.user.delete_mailbox(name)
     return "DELETE completed"
 
 
@@ -102,10 +96,7 @@ async def rename(session, tag: str, args: Args):
     args.end()
     if new == names.INBOX:
         raise storage_answer(StorageError(ErrorKind.EXISTS), texts={ErrorKind.EXISTS: "INBOX always exists"})
-    try:
-        await session.user.rename_mailbox(old, new)
-    except StorageError as e:
-        raise storage_answer(e) from None
+    await session.user.rename_mailbox(old, new)
     return "RENAME completed"
 
 
@@ -207,10 +198,7 @@ async def status(session, tag: str, args: Args):
         wanted.append(item)
     if not wanted:
         raise bad("Empty STATUS item list")
-    try:
-        st = await session.user.status(name)
-    except StorageError as e:
-        raise storage_answer(e) from None
+    st = await session.user.status(name)
     values = {"MESSAGES": st.messages, "RECENT": st.recent, "UIDNEXT": st.uidnext,
               "UIDVALIDITY": st.uidvalidity, "UNSEEN": st.unseen, "SIZE": st.size, "DELETED": st.deleted}
     body = " ".join(f"{item} {values[item]}" for item in wanted)

@@ -52,6 +52,8 @@ def resolve(session, args: Args, uid: bool) -> list[int]:
     """The UIDs a sequence-set argument names in the selected mailbox."""
     try:
         seqset = SequenceSet.parse(args.atom("sequence set"))
+        if seqset.saved:
+            raise InvalidSequenceSet("$ needs SEARCHRES, which is not supported")
         return seqset.resolve(session.selected.uids(), uid)
     except (InvalidSequenceSet, OutOfRange) as e:
         raise bad(str(e)) from None
@@ -110,7 +112,7 @@ async def copy(session, tag: str, args: Args, uid: bool = False):
     try:
         result = await session.selected.mailbox.copy(uids, dest)
     except StorageError as e:
-        raise storage_answer(e, trycreate=True) from None
+        raise storage_answer(e, trycreate=True) from e
     return Done("COPY completed", _copyuid(result))
 
 
@@ -127,7 +129,7 @@ async def move(session, tag: str, args: Args, uid: bool = False):
     try:
         result = await selected.mailbox.move(uids, dest)
     except StorageError as e:
-        raise storage_answer(e, trycreate=True) from None
+        raise storage_answer(e, trycreate=True) from e
     code = _copyuid(result)
     if code:
         session.writer.untagged(f"OK [{code}] Moved")
@@ -225,7 +227,7 @@ async def append(session, tag: str, args: Args):
         result = await tx.commit()
     except StorageError as e:
         await _rollback(session, tx)
-        raise storage_answer(e, trycreate=True) from None
+        raise storage_answer(e, trycreate=True) from e
     except BaseException:
         await _rollback(session, tx)
         raise
