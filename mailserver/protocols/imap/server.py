@@ -81,6 +81,9 @@ class IMAPServerProtocol(Protocol):
     def log_fields(self) -> dict:
         return {"session": self.session_id, "user": self.username or "-", "peer": self.peer}
 
+    def debug(self, fmt: str, **kw) -> None:
+        log.debug("imap session={session} user={user} peer={peer}: " + fmt, **self.log_fields(), **kw)
+
     def info(self, fmt: str, **kw) -> None:
         log.info("imap session={session} user={user} peer={peer}: " + fmt, **self.log_fields(), **kw)
 

@@ -58,7 +58,7 @@ async def _select(session, args: Args, readonly: bool):
         w.write(b"* OK [UNSEEN %d] First unseen message\r\n" % first_unseen)
     w.write(b"* OK [UIDVALIDITY %d] UIDs valid\r\n" % mailbox.uidvalidity)
     w.write(b"* OK [UIDNEXT %d] Predicted next UID\r\n" % mailbox.uidnext)
-    session.info("selected {mailbox}", mailbox=name)
+    session.debug("selected {mailbox}", mailbox=name)
     if selected.readonly:
         return Done("Examine completed", "READ-ONLY")
     return Done("Select completed", "READ-WRITE")
