@@ -5,6 +5,7 @@ import pytest
 import pytest_twisted
 from twisted.internet import defer
 
+from mailserver.storage.api import FetchItem
 from tests.protocol.imap_session import Wire, make_context, settle
 
 MAIL = (b"From: Alice <alice@example.org>\r\nTo: bob@example.org\r\nSubject: Hello %d\r\n"
@@ -201,3 +202,24 @@ async def test_unexpected_exception_is_serverbug_and_session_goes_on(ctx, monkey
     monkeypatch.setattr(box, "search", broken)
     assert await w.cmd("SEARCH ALL") == [b"t2 NO [SERVERBUG] Internal server error; the administrator was told"]
     assert await w.cmd("FETCH 1 UID") == [b"* 1 FETCH (UID 1)", b"t3 OK FETCH completed"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_metadata_fetch_asks_storage_for_no_body(ctx, monkeypatch):
+    w = await session_with(ctx, mail(1), mail(2))
+    await w.cmd("SELECT INBOX")
+    box = w.proto.selected.mailbox
+    asked = []
+    real_fetch = box.fetch
+
+    def recording_fetch(uids, items):
+        asked.append(set(items))
+        return real_fetch(uids, items)
+    monkeypatch.setattr(box, "fetch", recording_fetch)
+    lines = await w.cmd("FETCH 1:* (FLAGS UID RFC822.SIZE INTERNALDATE ENVELOPE)")
+    assert len(lines) == 3 and asked == [{FetchItem.ENVELOPE}]
+    asked.clear()
+    await w.cmd("FETCH 1:* (FLAGS UID RFC822.SIZE)")
+    assert asked == []                       # served from the view alone
+    await w.cmd("FETCH 1 (BODY.PEEK[HEADER.FIELDS (SUBJECT)] BODYSTRUCTURE)")
+    assert asked == [{FetchItem.HEADER, FetchItem.BODYSTRUCTURE}]
