@@ -75,3 +75,37 @@ async def test_huge_fetch_waits_for_slow_client(tmp_path):
     finally:
         await port.stopListening()
         await task.deferLater(reactor, 0.05, lambda: None)
+
+
+@pytest_twisted.ensureDeferred
+async def test_client_vanishing_during_huge_fetch(tmp_path):
+    ctx = await make_context(tmp_path)
+    user = await ctx.storage.open_user("alice")
+    tx = user.begin_save("INBOX")
+    for _ in range(MESSAGES):
+        await tx.add(MESSAGE)
+    await tx.commit()
+    await user.close()
+    port = reactor.listenTCP(0, IMAPServerFactory(ctx), interface="127.0.0.1")
+    try:
+        client = SlowReader()
+        await protocol.ClientCreator(reactor, lambda: client).connectTCP("127.0.0.1", port.getHost().port)
+        client.transport.write(b"a LOGIN alice secret\r\nb SELECT INBOX\r\n")
+        await task.deferLater(reactor, 0.2, lambda: None)
+        client.transport.pauseProducing()
+        client.transport.write(b"f FETCH 1:* BODY.PEEK[]\r\n")
+        await task.deferLater(reactor, 0.3, lambda: None)
+        client.transport.abortConnection()
+        deadline = time.monotonic() + 10
+        while ctx.connections and time.monotonic() < deadline:
+            await task.deferLater(reactor, 0.02, lambda: None)
+        assert not ctx.connections
+        # The server still serves others.
+        other = SlowReader()
+        await protocol.ClientCreator(reactor, lambda: other).connectTCP("127.0.0.1", port.getHost().port)
+        other.transport.write(b"a LOGIN alice secret\r\nf NOOP\r\n")
+        await other.done
+        other.transport.loseConnection()
+    finally:
+        await port.stopListening()
+        await task.deferLater(reactor, 0.05, lambda: None)
