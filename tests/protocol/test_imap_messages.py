@@ -225,3 +225,29 @@ async def test_metadata_fetch_asks_storage_for_no_body(ctx, monkeypatch):
     assert asked == []                       # served from the view alone
     await w.cmd("FETCH 1 (BODY.PEEK[HEADER.FIELDS (SUBJECT)] BODYSTRUCTURE)")
     assert asked == [{FetchItem.HEADER, FetchItem.BODYSTRUCTURE}]
+
+
+@pytest_twisted.ensureDeferred
+async def test_random_arguments_never_hit_a_server_bug(ctx):
+    import random
+    rng = random.Random(99)
+    w = await session_with(ctx, mail(1), MULTIPART)
+    await w.cmd("SELECT INBOX")
+    names = ["FETCH", "UID FETCH", "STORE", "UID STORE", "SEARCH", "UID SEARCH", "COPY", "UID MOVE", "LIST",
+             "LSUB", "STATUS", "CREATE", "RENAME", "SUBSCRIBE", "EXPUNGE", "UID EXPUNGE", "ID", "ENABLE",
+             "APPEND", "EXAMINE", "NOOP", "CHECK", "NAMESPACE", "CAPABILITY"]
+    tokens = ["1", "2", "*", "1:*", "0", "4294967296", "$", "x", "NIL", '""', '"a b"', "()", "(FLAGS)",
+              "(\\Seen)", "\\Bogus", "+FLAGS", "-FLAGS.SILENT", "BODY[1.2]", "BODY.PEEK[HEADER.FIELDS (A)]",
+              "BODY[]<0.1>", "RFC822", "ALL", "FULL", "OR", "NOT", "UID", "HEADER", "SUBJECT", "SINCE",
+              "1-Jan-2020", "(MESSAGES UIDNEXT)", "INBOX", "Trash", "&Jjo!", "(", ")", "{3+}\r\nabc", "CHARSET",
+              "UTF-8", "LARGER", "-1", "\\Deleted", "%", "Übung".encode().decode("latin-1")]
+    for i in range(250):
+        cmd = rng.choice(names) + " " + " ".join(rng.choice(tokens) for _ in range(rng.randint(0, 5)))
+        w.send(b"r%d %s\r\n" % (i, cmd.encode("latin-1")))
+        data = await w.tagged(f"r{i}")
+        assert b"SERVERBUG" not in data, (cmd, data)
+        last = data.split(b"\r\n")[-2]
+        assert last.split(b" ")[1] in (b"OK", b"NO", b"BAD"), (cmd, data)
+        if w.proto.selected is None:
+            await w.cmd("SELECT INBOX")
+    assert not w.closed

@@ -249,3 +249,25 @@ def test_args_accessors():
     b.pos = 1
     with pytest.raises(BadSyntax, match="extra"):
         Args(b.items).end()
+
+
+def test_random_garbage_never_raises():
+    import random
+    rng = random.Random(1234)
+    alphabet = b'a1 ()"\\{}+~[]<>.*%\r\n\x00\xff' + b"NOOP LOGIN FETCH BODY[ {3} {2+}\r\n"
+    for _ in range(300):
+        p = CommandParser(max_line_length=200, max_literal_size=50)
+        data = bytes(rng.choice(alphabet) for _ in range(rng.randint(0, 600)))
+        pos = 0
+        while pos < len(data):
+            step = rng.randint(1, 40)
+            p.feed(data[pos:pos + step])
+            pos += step
+            while True:
+                ev = p.next()
+                if ev is None:
+                    break
+                assert ev is CONTINUE or isinstance(ev, (Command, ParseError))
+                if isinstance(ev, ParseError) and ev.fatal:
+                    break
+        assert p.buffered <= 600
