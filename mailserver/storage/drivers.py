@@ -91,6 +91,29 @@ class ObjectStore(abc.ABC):
         """Every object id in a namespace."""
 
 
+    # --- small mutable objects (index checkpoints) ---------------------------------------------
+    @abc.abstractmethod
+    async def put_state(self, ns: str, name: str, data: bytes) -> None:
+        """Replace a small mutable object (a mailbox's index checkpoint), durably.  These live
+        apart from mail objects: ``list`` never returns them."""
+
+    @abc.abstractmethod
+    async def get_state(self, ns: str, name: str) -> bytes | None:
+        """A mutable object's content, or None."""
+
+    @abc.abstractmethod
+    async def list_states(self, ns: str) -> list[str]:
+        """Names of the mutable objects in a namespace."""
+
+    @abc.abstractmethod
+    async def delete_state(self, ns: str, name: str) -> None:
+        """Remove a mutable object; missing is not an error."""
+
+    @abc.abstractmethod
+    async def list_namespaces(self) -> list[str]:
+        """Every namespace holding objects (for `rbox gc` over all users)."""
+
+
 class IndexLock(abc.ABC):
     """A held exclusive lock on an index file, across processes and hosts."""
 

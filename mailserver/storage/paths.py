@@ -24,3 +24,9 @@ def check_relative(path: str) -> str:
     if not path or path.startswith("/") or any(p in ("", ".", "..") for p in parts):
         raise ValueError(f"bad index path {path!r}")
     return path
+
+
+def unsafe_component(component: str) -> str:
+    """The name ``safe_component`` encoded."""
+    from urllib.parse import unquote_to_bytes
+    return unquote_to_bytes(component).decode("utf-8", "replace")

@@ -135,14 +135,28 @@ def _walk(node):
 
 def needed_items(program: Node) -> set:
     """The FetchItems a program needs beyond index metadata (empty: index only)."""
+    from mailserver.storage import mime
     from mailserver.storage.api import FetchItem
     items = set()
+    for name in header_names(program):
+        items.add(FetchItem.CACHED_HEADERS if name in mime.CACHED_HEADER_FIELDS else FetchItem.HEADER)
     for node in _walk(program):
-        if isinstance(node, (Header, Date)) and (not isinstance(node, Date) or node.field == "sent"):
-            items.add(FetchItem.CACHED_HEADERS)
-        elif isinstance(node, (Body, Text)):
+        if isinstance(node, (Body, Text)):
             items.update((FetchItem.DATA, FetchItem.PARTS))
+        if isinstance(node, Text):
+            items.add(FetchItem.HEADER)
     return items
+
+
+def header_names(program: Node) -> set:
+    """Lowercased header fields a program looks at (the Date field for SENT* keys)."""
+    names = set()
+    for node in _walk(program):
+        if isinstance(node, Header):
+            names.add(node.name.lower())
+        elif isinstance(node, Date) and node.field == "sent":
+            names.add("date")
+    return names
 
 
 class _Context:
@@ -275,9 +289,13 @@ async def evaluate(mailbox, program: Node, uids, recent_from: int, now: int) -> 
             if info is not None and matches(program, info, _Context(None, recent_from, now)):
                 out.append(uid)
         return out
-    if any(isinstance(n, Text) for n in _walk(program)):
-        items.add(FetchItem.HEADER)
+    names = header_names(program)
     async for mail in mailbox.fetch(list(uids), items):
+        if (mail.header is None and mail.cached_header_names is not None
+                and not names <= mail.cached_header_names):
+            # A field too long to be cached for this message: read its header after all.
+            async for full in mailbox.fetch([mail.info.uid], items | {FetchItem.HEADER}):
+                mail = full
         if matches(program, mail.info, _Context(mail, recent_from, now)):
             out.append(mail.info.uid)
     return out

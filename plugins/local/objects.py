@@ -16,7 +16,7 @@ import time
 from mailserver import threads
 from mailserver.storage.drivers import ObjectStore
 from mailserver.storage.errors import ErrorKind, StorageError
-from mailserver.storage.paths import safe_component
+from mailserver.storage.paths import safe_component, unsafe_component
 
 POOL = "local-objects"
 MAGIC = b"RBOXOBJ1"
@@ -208,8 +208,62 @@ class LocalObjectStore(ObjectStore):
             except FileNotFoundError:
                 return out
             for fan in fans:
+                if len(fan) != 2:
+                    continue  # "state/" holds checkpoints, not mail
                 for name in os.listdir(os.path.join(base, fan)):
                     if ".refs" not in name and ".tmp." not in name:
                         out.append(name)
             return sorted(out)
         return await self._run(walk, os.path.join(self.root, safe_component(ns)))
+
+    # --- mutable state objects (index checkpoints) --------------------------------------------
+    def _state_path(self, ns: str, name: str) -> str:
+        if not name or "/" in name or name.startswith("."):
+            raise StorageError(ErrorKind.INVALID, f"bad state object name {name!r}")
+        return os.path.join(self.root, safe_component(ns), "state", name)
+
+    async def put_state(self, ns: str, name: str, data: bytes) -> None:
+        def write(path):
+            d = os.path.dirname(path)
+            os.makedirs(d, 0o700, exist_ok=True)
+            tmp = f"{path}.tmp.{os.getpid()}.{time.monotonic_ns()}"
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.rename(tmp, path)
+            _fsync_dir(d)
+        await self._run(write, self._state_path(ns, name))
+
+    async def get_state(self, ns: str, name: str) -> bytes | None:
+        def read(path):
+            try:
+                with open(path, "rb") as f:
+                    return f.read()
+            except FileNotFoundError:
+                return None
+        return await self._run(read, self._state_path(ns, name))
+
+    async def list_states(self, ns: str) -> list[str]:
+        def ls(path):
+            try:
+                return sorted(n for n in os.listdir(path) if ".tmp." not in n)
+            except FileNotFoundError:
+                return []
+        return await self._run(ls, os.path.join(self.root, safe_component(ns), "state"))
+
+    async def delete_state(self, ns: str, name: str) -> None:
+        def rm(path):
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+        await self._run(rm, self._state_path(ns, name))
+
+    async def list_namespaces(self) -> list[str]:
+        def ls(root):
+            try:
+                return sorted(unsafe_component(n) for n in os.listdir(root) if not n.startswith("."))
+            except FileNotFoundError:
+                return []
+        return await self._run(ls, self.root)

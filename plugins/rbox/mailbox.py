@@ -367,3 +367,5 @@ class RboxMailbox(api.Mailbox):
             for cancel in self._unsubscribe:
                 cancel()
             self._unsubscribe.clear()
+            if not self.readonly:
+                await self.storage.checkpoint(self.index)   # "at logout"

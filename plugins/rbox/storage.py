@@ -13,7 +13,7 @@ import time
 import uuid
 from collections import OrderedDict
 
-from twisted.internet import defer
+from twisted.internet import defer, task
 from twisted.logger import Logger
 
 from mailserver import plugins
@@ -22,6 +22,7 @@ from mailserver.storage.errors import ErrorKind, StorageError
 from mailserver.storage.index.mailbox_index import MailboxIndex
 from mailserver.storage.index.mailbox_list import MailboxList
 from mailserver.storage.paths import safe_component
+from plugins.rbox import checkpoint
 from plugins.rbox.bodycache import BodyCache
 
 log = Logger(namespace="mailserver.rbox")
@@ -40,6 +41,7 @@ class RboxStorage(api.MailStorage):
         self._indexes: OrderedDict[str, MailboxIndex] = OrderedDict()
         self._index_loading: dict[str, list] = {}
         self._inflight: set[defer.Deferred] = set()
+        self._checkpointer: task.LoopingCall | None = None
 
     @classmethod
     def from_config(cls, config, registry=plugins) -> "RboxStorage":
@@ -50,13 +52,28 @@ class RboxStorage(api.MailStorage):
     async def start(self) -> None:
         await self.objects.start()
         await self.index_store.start()
+        interval = self.config.rbox.checkpoint_interval
+        if interval > 0:
+            self._checkpointer = task.LoopingCall(
+                lambda: defer.Deferred.fromCoroutine(self.checkpoint_all()).addErrback(
+                    lambda f: log.failure("checkpointing indexes", f)))
+            self._checkpointer.start(interval, now=False)
 
     async def stop(self) -> None:
+        if self._checkpointer is not None and self._checkpointer.running:
+            self._checkpointer.stop()
         if self._inflight:
             log.info("waiting for {n} in-flight writes", n=len(self._inflight))
             await defer.DeferredList(list(self._inflight), consumeErrors=True)
+        await self.checkpoint_all()
         await self.objects.stop()
         await self.index_store.stop()
+
+    @staticmethod
+    def admin():
+        """The module with force_resync, gc, list_objects and get_object (used by the CLI)."""
+        from plugins.rbox import admin
+        return admin
 
     def track(self, d: defer.Deferred) -> defer.Deferred:
         """Remember an in-flight write so ``stop`` waits for it."""
@@ -129,6 +146,22 @@ class RboxStorage(api.MailStorage):
                 await idx.load()
         return idx
 
+    async def checkpoint(self, idx: MailboxIndex) -> None:
+        """Copy a changed mailbox's state into the object store (see checkpoint.py)."""
+        st = idx.state
+        if idx.owner is None or idx.deleted or st.highestmodseq == idx.checkpointed:
+            return
+        ns, guid, name = idx.owner
+        try:
+            await checkpoint.write(self.objects, ns, guid, name, st)
+            idx.checkpointed = st.highestmodseq
+        except StorageError as e:
+            log.warn("checkpoint of {name} ({guid}) failed: {e}", name=name, guid=guid, e=str(e))
+
+    async def checkpoint_all(self) -> None:
+        for idx in list(self._indexes.values()):
+            await self.checkpoint(idx)
+
     def forget_index(self, directory: str) -> None:
         idx = self._indexes.pop(directory, None)
         if idx is not None:
@@ -193,7 +226,9 @@ class RboxUser(api.User):
 
     async def index_for(self, name: str) -> tuple[str, dict, MailboxIndex]:
         name, entry = await self.entry(name)
-        return name, entry, await self.storage.mailbox_index(self.box_dir(entry["guid"]), entry)
+        idx = await self.storage.mailbox_index(self.box_dir(entry["guid"]), entry)
+        idx.owner = (self.namespace, entry["guid"], name)
+        return name, entry, idx
 
     def _validate(self, name: str) -> str:
         cfg = self.storage.config.storage

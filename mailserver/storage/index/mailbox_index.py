@@ -50,6 +50,8 @@ class MailboxIndex:
         self._listeners: set[Callable[[], None]] = set()
         self._poller: task.LoopingCall | None = None
         self.deleted = False
+        self.owner = None          # set by the mailbox format: who this index belongs to
+        self.checkpointed = None   # highestmodseq at the last checkpoint (mailbox format's business)
 
     # --- paths --------------------------------------------------------------------------------
     def log_path(self, n: int | None = None) -> str:

@@ -176,11 +176,11 @@ class MailboxState:
         gone = self.positions_in(rec.ranges)
         if gone:
             keep = sorted(set(range(len(self.uids))) - set(gone)) if len(gone) < len(self.uids) else []
-            self._keep_positions(keep)
+            self.keep_positions(keep)
             self.expunge_count += len(gone)
         self.highestmodseq = max(self.highestmodseq, rec.modseq)
 
-    def _keep_positions(self, keep: list[int]) -> None:
+    def keep_positions(self, keep: list[int]) -> None:
         for name, code in _COLUMNS:
             col = getattr(self, name)
             setattr(self, name, array(code, [col[i] for i in keep]))
