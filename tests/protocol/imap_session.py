@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 
-from twisted.internet import defer, reactor, task
+from twisted.internet import reactor, task
 from twisted.internet.address import IPv4Address
 from twisted.internet.testing import StringTransport
 
@@ -124,5 +124,3 @@ async def settle(rounds: int = 3) -> None:
     for _ in range(rounds):
         await task.deferLater(reactor, 0.005, lambda: None)
 
-
-__all__ = ["Wire", "make_context", "settle", "DictAuthenticator", "defer"]

@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import re
 
-from mailserver.storage.api import SEEN, FetchItem, StoreMode
+from mailserver.storage.api import SEEN, FetchedMail, FetchItem, StoreMode
 
 from .commands import SELECTED, Sync, command
 from .commands.messages import resolve
@@ -232,7 +232,6 @@ async def _fetched(mailbox, uids, items):
         async for mail in mailbox.fetch(uids, items):
             yield mail
         return
-    from mailserver.storage.api import FetchedMail
     for u in uids:
         info = mailbox.info(u)
         if info is not None:
