@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import re
 
+from mailserver.storage import mime
 from mailserver.storage.api import SEEN, FetchedMail, FetchItem, StoreMode
 
 from .commands import SELECTED, Sync, command
@@ -48,7 +49,6 @@ class SectionSpec:
         return not self.part and self.text in _HEADER_TEXTS
 
     def to_mime(self):
-        from mailserver.storage import mime
         return mime.Section(self.part, self.text, self.fields)
 
 
@@ -171,7 +171,6 @@ def storage_items(atts: list) -> set:
 
 def section_data(att: FetchAtt, mail) -> bytes | None:
     """The bytes of a body section of one fetched message, CRLF line ends (None: no such part)."""
-    from mailserver.storage import mime
     spec = att.section
     if mail.data is None:
         header = mail.header or b""
