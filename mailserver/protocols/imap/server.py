@@ -18,7 +18,7 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from mailserver.auth import sasl
+from mailserver import tls
 from mailserver.storage.errors import ErrorKind, StorageError
 
 from . import commands
@@ -66,6 +66,8 @@ class IMAPServerProtocol(Protocol):
         self.writer: ResponseWriter | None = None
         # bytes: close once the command is answered, after writing them (LOGOUT, auth failures)
         self.close_after_reply: bytes | None = None
+        # run once the command's tagged answer is flushed, before more input is parsed (STARTTLS)
+        self.after_reply = None
         self._waiting_input = False         # a command waits for the client (IDLE, AUTHENTICATE)
         self._queue: collections.deque = collections.deque()
         self._running = False
@@ -97,8 +99,13 @@ class IMAPServerProtocol(Protocol):
                 "UIDPLUS", "CHILDREN", "SPECIAL-USE", "MOVE", "MULTIAPPEND", "STATUS=SIZE",
                 f"APPENDLIMIT={self.config.max_literal_size}"]
         if self.state is State.NOT_AUTHENTICATED:
-            caps += ["AUTH=" + name for name in sasl.names()]
+            caps += tls.auth_capabilities(self.ctx, self.transport, self.peer)
         return caps
+
+    @property
+    def plaintext_ok(self) -> bool:
+        """May this client send a password in the clear (TLS, or a plaintext_networks peer)?"""
+        return tls.plaintext_ok(self.ctx, self.transport, self.peer)
 
     # --- connection -----------------------------------------------------------------------------
     def connectionMade(self) -> None:
@@ -290,6 +297,11 @@ class IMAPServerProtocol(Protocol):
                     self._answer_parse_error(item)
                 else:
                     await self._execute(item)
+                if self.after_reply is not None:
+                    # Before anything more is parsed: the answer goes out, then the hook runs.
+                    hook, self.after_reply = self.after_reply, None
+                    self.writer.flush()
+                    hook()
                 if item is self._input_owner:
                     self._input_owner = None
                 if self.close_after_reply is not None and not self._closing:
