@@ -119,7 +119,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "hostname": Key(str, "", None, "Name used in greetings and Received headers (default: this host's FQDN)."),
         "log_format": Key(str, "auto", one_of("auto", "text", "json"),
                           "auto: text on a terminal, JSON lines otherwise."),
-        "log_level": Key(str, "info", one_of("debug", "info", "warn", "error")),
+        "log_level": Key(str, "info", one_of("debug", "info", "warn", "error"), "Least severe level logged."),
         "shutdown_timeout": Key(float, 30.0, positive, "Seconds to wait for in-flight writes on SIGTERM."),
         "io_threads": Key(int, 8, positive, "Threads for blocking storage I/O (local files, password hashing)."),
         "max_connections": Key(int, 5000, positive, "Open connections over all listeners; more are refused."),
@@ -127,7 +127,9 @@ SCHEMA: dict[str, dict[str, Key]] = {
                                       "Open IMAP and POP3 connections from one client address; more are refused."),
     },
     "imap": {
-        "listen": Key(list, ["127.0.0.1:143"], check_listen),
+        "listen": Key(list, ["127.0.0.1:143"], check_listen,
+                      'Addresses: "host:port", "[v6]:port", or Twisted endpoint descriptions '
+                      '("unix:/path", "systemd:domain=INET:index=0", "haproxy:tcp:143").'),
         "listen_tls": Key(list, [], check_listen, "Implicit-TLS listeners (port 993); needs [tls]."),
         "max_line_length": Key(int, 65536, positive, "Longest command line (without literals), bytes."),
         "max_literal_size": Key(int, 50 * 1024 * 1024, positive, "Largest literal and APPEND message, bytes (APPENDLIMIT)."),
@@ -137,19 +139,19 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "idle_timeout": Key(float, 1800.0, positive, "Seconds of client silence before disconnect (30 min, RFC 3501)."),
     },
     "pop3": {
-        "listen": Key(list, ["127.0.0.1:110"], check_listen),
+        "listen": Key(list, ["127.0.0.1:110"], check_listen, "Addresses, as for [imap] listen."),
         "listen_tls": Key(list, [], check_listen, "Implicit-TLS listeners (port 995); needs [tls]."),
-        "max_line_length": Key(int, 1024, positive),
-        "max_auth_failures": Key(int, 3, positive),
-        "idle_timeout": Key(float, 600.0, positive),
+        "max_line_length": Key(int, 1024, positive, "Longest command line, bytes."),
+        "max_auth_failures": Key(int, 3, positive, "Failed logins before the connection is closed."),
+        "idle_timeout": Key(float, 600.0, positive, "Seconds of client silence before disconnect."),
         "uidl_format": Key(str, "%g", None, "Like Dovecot's pop3_uidl_format: %u UID, %v UIDVALIDITY, %g mail GUID."),
     },
     "lmtp": {
-        "listen": Key(list, ["127.0.0.1:24"], check_listen),
+        "listen": Key(list, ["127.0.0.1:24"], check_listen, "Addresses, as for [imap] listen (keep LMTP private)."),
         "max_message_size": Key(int, 50 * 1024 * 1024, positive, "Largest message accepted (SIZE), bytes."),
-        "max_recipients": Key(int, 1000, positive),
+        "max_recipients": Key(int, 1000, positive, "Recipients per transaction (more: 452 4.5.3)."),
         "max_line_length": Key(int, 4096, positive, "Longest command line, bytes."),
-        "idle_timeout": Key(float, 300.0, positive),
+        "idle_timeout": Key(float, 300.0, positive, "Seconds of client silence before 421 and disconnect."),
         "recipient_delimiter": Key(str, "+", None,
                                    "Characters separating user and detail in user+detail@domain; empty: none."),
     },
@@ -183,7 +185,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
     "auth.oauth2": {
         "introspection_url": Key(str, "", None, "RFC 7662 token introspection endpoint (OAUTHBEARER, XOAUTH2)."),
         "client_id": Key(str, "", None, "Client id for the introspection endpoint (HTTP basic auth)."),
-        "client_secret": Key(str, "", None),
+        "client_secret": Key(str, "", None, "Its secret (keep the file private)."),
         "username_claim": Key(str, "username", None, "Introspection field holding the username."),
         "timeout": Key(float, 10.0, positive, "Seconds to wait for the introspection endpoint."),
         "ca_file": Key(str, "", absolute_path, "CA certificates for an https endpoint (default: system)."),
@@ -198,9 +200,9 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "format": Key(str, "rbox", None, "Mailbox format (entry point in mailserver.mailbox_formats)."),
         "mailboxes": Key(dict, DEFAULT_MAILBOXES, special_use_map,
                          "Mailboxes created for a new user, name = special use."),
-        "max_mailboxes": Key(int, 1000, positive),
-        "max_mailbox_name_length": Key(int, 255, positive),
-        "max_mailbox_depth": Key(int, 16, positive),
+        "max_mailboxes": Key(int, 1000, positive, "Mailboxes per user (more: NO [LIMIT])."),
+        "max_mailbox_name_length": Key(int, 255, positive, "Longest mailbox name, bytes of UTF-8."),
+        "max_mailbox_depth": Key(int, 16, positive, "Most hierarchy levels in a mailbox name."),
         "max_keywords": Key(int, 200, positive, "Keywords per mailbox."),
     },
     "dict": {
@@ -470,3 +472,54 @@ def _check_drivers(sections: dict, where: str) -> None:
         if name not in plugins.available(group):
             raise ConfigError(f"{where}: [{section}] {key}: no {group} plugin named {name!r} "
                               f"(installed: {', '.join(sorted(plugins.available(group))) or 'none'})")
+
+
+# --- reference documentation --------------------------------------------------------------------
+
+def _render_default(key: Key) -> str:
+    if key.type is str:
+        return f'"{key.default}"' if key.default else '""'
+    if key.type is bool:
+        return "true" if key.default else "false"
+    if key.type is list:
+        return "[" + ", ".join(f'"{v}"' for v in key.default) + "]"
+    if key.type is dict:
+        return "{" + ", ".join(f'{k} = "{v}"' for k, v in key.default.items()) + "}"
+    return repr(key.default)
+
+
+def reference_markdown() -> str:
+    """Every section and key the loader knows (installed plugins included), as Markdown."""
+    from mailserver import plugins
+    for group in plugins.GROUPS:
+        for name in plugins.available(group):
+            plugins.try_load(group, name)
+    out = []
+    for section, keys in sorted(schema().items()):
+        out.append(f"### [{section}]\n\n| key | type | default | meaning |\n| --- | --- | --- | --- |")
+        for name, key in keys.items():
+            default = _render_default(key).replace("|", "\\|")
+            doc = key.doc.replace("|", "\\|")
+            kind = {str: "string", int: "integer", float: "number", bool: "boolean", list: "list",
+                    dict: "table"}.get(key.type, key.type.__name__)
+            out.append(f"| `{name}` | {kind} | `{default}` | {doc} |")
+        out.append("")
+    for kind, group in (("passdb", plugins.PASSDBS), ("userdb", plugins.USERDBS)):
+        for driver in plugins.available(group):
+            cls = plugins.try_load(group, driver)
+            keys = dict(DB_COMMON_KEYS)
+            if kind == "userdb":
+                keys.pop("master")
+            keys.update(getattr(cls, "SETTINGS", {}) if cls else {})
+            out.append(f'### [[auth.{kind}]] driver = "{driver}"\n\n| key | type | default | meaning |\n'
+                       "| --- | --- | --- | --- |")
+            for name, key in keys.items():
+                if name == "driver":
+                    continue
+                default = "required" if key.required else _render_default(key).replace("|", "\\|")
+                kind_name = {str: "string", int: "integer", float: "number", bool: "boolean", list: "list",
+                             dict: "table"}.get(key.type, key.type.__name__)
+                doc = key.doc.replace("|", "\\|")
+                out.append(f"| `{name}` | {kind_name} | `{default}` | {doc} |")
+            out.append("")
+    return "\n".join(out)
