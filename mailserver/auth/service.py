@@ -146,7 +146,8 @@ class PassdbAuthenticator(Authenticator):
         for db in passdbs:
             result = await db.verify(name, password)
             if result.ok:
-                return AuthResult(True, username=name)
+                # A passdb may map the login to its canonical name (LDAP user_attribute).
+                return AuthResult(True, username=result.username or name)
             if result.temporary:
                 temporary = result.reason
             elif result.reason != "unknown user" or reason == "unknown user":
