@@ -181,6 +181,8 @@ class Scram(Mechanism):
 
     client_first = True
     hash_name = "sha256"
+    # Tests set this to replay the RFC 5802 / RFC 7677 examples; None: a random nonce.
+    fixed_server_nonce: str | None = None
 
     def __init__(self, auth, service, peer):
         super().__init__(auth, service, peer)
@@ -209,7 +211,8 @@ class Scram(Mechanism):
                 return await self._conclude(AuthResult(False, temporary=found.temporary, reason=found.refused), user)
             keys, self._problem = await self._keys(found.stored, found.username)
             self._server = scramp.ScramMechanism(self.name).make_server(
-                lambda _name: (keys.salt, keys.stored_key, keys.server_key, keys.iterations))
+                lambda _name: (keys.salt, keys.stored_key, keys.server_key, keys.iterations),
+                s_nonce=self.fixed_server_nonce)
             try:
                 self._server.set_client_first(text)
                 return Step(challenge=self._server.get_server_first().encode("utf-8"))
