@@ -287,3 +287,45 @@ def test_connection_limits(tmp_path):
         assert "max_connections_per_ip" in server.log_text()
     finally:
         server.stop()
+
+
+# --- OAUTHBEARER / XOAUTH2 over IMAP and POP3 -----------------------------------------------------------
+
+def test_oauth_over_imap_and_pop3(tmp_path):
+    import http.server
+    import threading
+
+    from tests.unit.test_sasl import _Introspection
+
+    endpoint = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Introspection)
+    threading.Thread(target=endpoint.serve_forever, daemon=True).start()
+    user, _ = _user(0)
+    _Introspection.tokens = dict(_Introspection.tokens, **{"user-token": user})
+    server = ConfiguredServer(str(tmp_path), {"auth": {
+        "mechanisms": ["PLAIN", "OAUTHBEARER", "XOAUTH2"], "penalty_exempt_networks": ["127.0.0.0/8"],
+        "oauth2": {"introspection_url": f"http://127.0.0.1:{endpoint.server_address[1]}/"}}})
+    server.start()
+    try:
+        m = imaplib.IMAP4(server.host, server.imap_port)
+        assert "AUTH=OAUTHBEARER" in m.capabilities and "AUTH=XOAUTH2" in m.capabilities
+        message = f"n,a={user},\x01auth=Bearer user-token\x01\x01".encode()
+        assert m.authenticate("OAUTHBEARER", lambda challenge: message)[0] == "OK"
+        m.logout()
+        m = imaplib.IMAP4(server.host, server.imap_port)
+        replies = []
+
+        def bad_token(challenge):
+            replies.append(challenge)
+            return b"n,,\x01auth=Bearer nope\x01\x01" if len(replies) == 1 else b"\x01"
+        with pytest.raises(imaplib.IMAP4.error, match="AUTHENTICATIONFAILED"):
+            m.authenticate("OAUTHBEARER", bad_token)
+        assert json.loads(replies[1])["status"] == "invalid_token"   # the error challenge
+        m.logout()
+        p = poplib.POP3(server.host, server.pop3_port)
+        xoauth = base64.b64encode(f"user={user}\x01auth=Bearer user-token\x01\x01".encode()).decode()
+        assert p._shortcmd(f"AUTH XOAUTH2 {xoauth}").startswith(b"+OK")
+        p.quit()
+    finally:
+        server.stop()
+        endpoint.shutdown()
+        endpoint.server_close()

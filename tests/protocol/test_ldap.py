@@ -247,3 +247,17 @@ def test_directory_down_is_a_temporary_failure_everywhere(directory, ldap_server
     imap = imaplib.IMAP4(s.host, s.imap_port)
     imap.login("alice", "alicepw")          # back without a restart
     imap.logout()
+
+
+@pytest_twisted.ensureDeferred
+async def test_ldap_as_userdb(directory, tmp_path):
+    passwd = tmp_path / "passwd"
+    passwd.write_text("alice:{PLAIN}filepw\n")
+    userdb = _settings(directory)
+    cfg = configmod.load(None, {"server": {"state_dir": str(tmp_path)},
+                                "auth": {"passwd_file": str(passwd), "userdb": [userdb]}})
+    auth = build_authenticator(cfg)
+    record = await auth.lookup("alice")                  # fields from the directory
+    assert record.home == "/home/alice" and record.extra["quota_rule"] == "*:storage=1G"
+    assert await auth.lookup("nobody") is None
+    assert (await auth.authenticate("alice", "filepw", service="imap", peer="127.0.0.1:1")).ok
