@@ -70,6 +70,9 @@ class LimitedFactory(protocol.Factory):
         self.per_ip = per_ip
         self.name = name
 
+    def logPrefix(self) -> str:
+        return self.factory.__class__.__name__
+
     def doStart(self):
         self.factory.doStart()
 

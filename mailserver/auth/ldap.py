@@ -267,7 +267,7 @@ class LdapPassDB(PassDB, UserDB):
                 attrs[name.lower()] = values[0].decode("utf-8", "surrogateescape")
         return _Entry(entries[0]["dn"], attrs)
 
-    def _user_bind(self, dn: str, password: str) -> bool:
+    def _user_bind(self, dn: str, password: str, measure: bool = True) -> bool:
         """Blocking: does the directory accept ``password`` for ``dn``?  Raises AuthUnavailable."""
         from ldap3.core.exceptions import LDAPCommunicationError
         if not password:
@@ -287,7 +287,7 @@ class LdapPassDB(PassDB, UserDB):
             return False
 
         ok = self._with_connection(self._idle_auth, bind)
-        if not ok:
+        if not ok and measure:
             self._bind_seconds = 0.8 * self._bind_seconds + 0.2 * (time.monotonic() - started)
         return ok
 
@@ -325,7 +325,8 @@ class LdapPassDB(PassDB, UserDB):
         if self.s["auth_bind"]:
             if record is None:
                 # A bind that cannot succeed, then padding up to a typical failed bind.
-                self._user_bind(f"cn={secrets.token_hex(8)},{self.s['base']}", secrets.token_urlsafe(12))
+                self._user_bind(f"cn={secrets.token_hex(8)},{self.s['base']}", secrets.token_urlsafe(12),
+                                measure=False)
                 return AuthResult(False, reason="unknown user"), self._bind_seconds - (time.monotonic() - started)
             matched = self._user_bind(entry.dn, password)
         else:
