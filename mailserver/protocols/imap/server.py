@@ -105,7 +105,7 @@ class IMAPServerProtocol(Protocol):
         if self.state is State.NOT_AUTHENTICATED:
             caps += ["AUTH=" + name for name in sasl.names()]
         else:
-            caps += ["URLAUTH", "COMPRESS=DEFLATE", "UNAUTHENTICATE"]
+            caps += ["COMPRESS=DEFLATE", "UNAUTHENTICATE"] + (["URLAUTH"] if self.ctx.dict is not None else [])
         return caps
 
     # --- connection -----------------------------------------------------------------------------

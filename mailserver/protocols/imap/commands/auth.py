@@ -93,6 +93,6 @@ async def unauthenticate(session, tag: str, args: Args):
     """RFC 8437: end the login (the selected mailbox is closed without expunging) and go back
     to the not-authenticated state; the connection, TLS and COMPRESS stay."""
     args.end()
-    await session.unauthenticate()
     session.info("unauthenticated")
+    await session.unauthenticate()
     return Done("Unauthenticate completed", "CAPABILITY " + " ".join(session.capabilities()))
