@@ -157,6 +157,8 @@ async def test_genurlauth_refusals_and_expiry(ctx, monkeypatch):
          b"BAD Expected an absolute rump URL ending in ;URLAUTH=<access>"),
         ('"imap://joe@example.com/INBOX/;UID=99;URLAUTH=anonymous" INTERNAL',
          b"NO [NONEXISTENT] The URL names no existing message or part"),
+        ('"imap://joe@example.com/INBOX/;UID=1/;SECTION=1.9;URLAUTH=anonymous" INTERNAL',
+         b"NO [NONEXISTENT] The URL names no existing message or part"),
         ('"imap://joe@example.com/Nope/;UID=1;URLAUTH=anonymous" INTERNAL',
          b"NO [NONEXISTENT] Mailbox does not exist"),
         ('"imap://joe@example.com/INBOX;UIDVALIDITY=1/;UID=1;URLAUTH=anonymous" INTERNAL',

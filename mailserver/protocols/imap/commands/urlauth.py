@@ -17,6 +17,7 @@ import time
 
 from twisted.internet import defer
 
+from mailserver.storage import mime
 from mailserver.storage.api import FetchItem
 from mailserver.storage.errors import ErrorKind, StorageError
 
@@ -68,10 +69,13 @@ async def mailbox_key(session, guid: str, create: bool) -> str | None:
 
 # --- reading what a URL names ------------------------------------------------------------------
 
-async def message_part(user, name: str, url: urls.ImapUrl, selected=None) -> bytes | None:
+async def message_part(user, name: str, url: urls.ImapUrl, selected=None,
+                       check_only: bool = False) -> bytes | None:
     """The bytes ``url`` names in mailbox ``name`` of ``user``: BODY.PEEK[section]<partial> of
     the message (nothing is marked \\Seen), or None if the mailbox, the UIDVALIDITY, the
-    message or the part does not match.  Uses the selected view when it is that mailbox."""
+    message or the part does not match.  Uses the selected view when it is that mailbox.
+    ``check_only``: only say whether it exists (b"" or None), from the index and the cached
+    part tree, without reading the message."""
     from ..fetch import FetchAtt, SectionSpec, _section, section_data
     spec = SectionSpec()
     if url.section is not None:
@@ -90,6 +94,13 @@ async def message_part(user, name: str, url: urls.ImapUrl, selected=None) -> byt
         if url.uidvalidity is not None and url.uidvalidity != box.uidvalidity:
             return None
         if box.info(url.uid) is None:
+            return None
+        if check_only:
+            if not spec.part:
+                return b""
+            async for fetched in box.fetch([url.uid], {FetchItem.PARTS}):
+                if fetched.parts is not None and mime.find_part(fetched.parts, spec.part) is not None:
+                    return b""
             return None
         items = {FetchItem.DATA}
         if spec.part or spec.text:
@@ -211,7 +222,7 @@ async def genurlauth(session, tag: str, args: Args):
             raise
         if url.uidvalidity is not None and url.uidvalidity != st.uidvalidity:
             raise no("UIDVALIDITY does not match the mailbox", "NONEXISTENT")
-        if await message_part(session.user, name, url, session.selected) is None:
+        if await message_part(session.user, name, url, session.selected, check_only=True) is None:
             raise no("The URL names no existing message or part", "NONEXISTENT")
         key = await mailbox_key(session, st.guid, create=True)
         # The mechanism goes out in lower case, as in the RFC 4467 examples.
