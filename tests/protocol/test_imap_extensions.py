@@ -125,6 +125,17 @@ async def test_compress_needs_login(ctx):
 # --- LITERAL+ / LITERAL- -------------------------------------------------------------------------
 
 @pytest_twisted.ensureDeferred
+async def test_literal_plus_rfc7888_example(tmp_path):
+    ctx = await make_context(tmp_path, users={"fred foobar": "fat man"})
+    w = Wire(ctx)
+    assert b" LITERAL+ " in w.take()
+    w.send(b"A001 LOGIN {11+}\r\nFRED FOOBAR {7+}\r\nfat man\r\n")
+    answer_line = await w.tagged("A001")
+    assert answer_line.startswith(b"A001 OK [CAPABILITY ") and answer_line.endswith(b"] Logged in\r\n")
+    assert w.proto.username == "fred foobar"
+
+
+@pytest_twisted.ensureDeferred
 async def test_literal_minus(tmp_path):
     ctx = await make_context(tmp_path, imap={"literal_plus": False})
     w = Wire(ctx)
@@ -172,6 +183,11 @@ async def test_utf8_accept_mailbox_names(ctx):
     assert (await legacy.cmd('LIST "" "Entw*"'))[:2] == [b'* LIST (\\HasNoChildren) "/" Entw&-APw-rfe',
                                                         b'* LIST (\\HasNoChildren) "/" Entw&APw-rfe']
     assert answer(await w.cmd(b'CREATE "bad\xff"')) == b"NO [CANNOT] Invalid mailbox name: not valid UTF-8"
+    # Search strings are UTF-8 now; a CHARSET label is refused (RFC 6855 section 3, erratum 4029).
+    await w.cmd("SELECT INBOX")
+    assert answer(await w.cmd("SEARCH CHARSET UTF-8 ALL")) == (
+        b"BAD No CHARSET after ENABLE UTF8=ACCEPT: search strings are UTF-8")
+    assert answer(await w.cmd('SEARCH SUBJECT "Gr\xc3\xbc\xc3\x9fe"'.encode("latin-1"))) == b"OK SEARCH completed"
 
 
 # --- UNAUTHENTICATE ------------------------------------------------------------------------------

@@ -184,6 +184,8 @@ async def unselect(session, tag: str, args: Args):
 async def search(session, tag: str, args: Args, uid: bool = False):
     if args.peek_atom() == "RETURN":
         raise bad("SEARCH RETURN is not supported")
+    if session.utf8 and args.peek_atom() == "CHARSET":
+        raise bad("No CHARSET after ENABLE UTF8=ACCEPT: search strings are UTF-8")  # RFC 6855 section 3
     selected = session.selected
     program = parse_search(args, selected.uids(), max_keys=session.config.max_search_keys)
     found = await selected.mailbox.search(program)
