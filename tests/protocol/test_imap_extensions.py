@@ -385,3 +385,19 @@ async def test_random_extension_commands_never_hit_a_server_bug(ctx):
         if w.proto.selected is None:
             await w.cmd("SELECT INBOX")
     assert not w.closed
+
+
+@pytest_twisted.ensureDeferred
+async def test_fetch_of_a_message_another_session_expunged(ctx):
+    """RFC 5530 EXPUNGEISSUED: the message is still in this session's view (no EXPUNGE may be
+    sent during FETCH), but its data is gone."""
+    a = await logged_in(ctx, MAIL % (1, 1), MAIL % (2, 2))
+    b = await logged_in(ctx)
+    await a.cmd("SELECT INBOX")
+    await b.cmd("SELECT INBOX")
+    await b.cmd("STORE 1 +FLAGS.SILENT (\\Deleted)")
+    await b.cmd("EXPUNGE")
+    lines = await a.cmd("FETCH 1:2 (UID BODY.PEEK[TEXT])")
+    assert lines[0] == b"* 2 FETCH (UID 2 BODY[TEXT] {8}" and b"* 1 EXPUNGE" not in lines
+    assert answer(lines) == b"NO [EXPUNGEISSUED] Some of the requested messages no longer exist"
+    assert (await a.cmd("NOOP"))[0] == b"* 1 EXPUNGE"
