@@ -137,6 +137,15 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "idle_check_interval": Key(float, 1.0, positive, "Seconds between checks for changes by other processes."),
         "max_auth_failures": Key(int, 3, positive, "Failed logins before the connection is closed."),
         "idle_timeout": Key(float, 1800.0, positive, "Seconds of client silence before disconnect (30 min, RFC 3501)."),
+        "literal_plus": Key(bool, True, None, "Advertise LITERAL+ (non-synchronising literals of any size); "
+                                              "false: LITERAL- (only up to 4096 bytes, RFC 7888)."),
+        "max_idle_per_user": Key(int, 50, positive, "Sessions of one user in IDLE at once; past it IDLE "
+                                                    "answers NO [LIMIT]."),
+        "max_search_keys": Key(int, 200, positive, "Search keys in one SEARCH program; past it BAD [LIMIT]."),
+        "alert": Key(str, "", None, "Text sent to every client after login as OK [ALERT] (maintenance "
+                                    "notices); empty: none."),
+        "urlauth_submit_user": Key(str, "", None, "The user a submission server logs in as to URLFETCH "
+                                                  "submit+ URLAUTH URLs (RFC 4467); empty: nobody can."),
     },
     "pop3": {
         "listen": Key(list, ["127.0.0.1:110"], check_listen, "Addresses, as for [imap] listen."),

@@ -135,10 +135,11 @@ def starttls_available(ctx, transport) -> bool:
     return getattr(ctx, "tls", None) is not None and not is_secure(transport)
 
 
-def auth_capabilities(ctx, transport, peer: str) -> list[str]:
-    """IMAP's pre-login capabilities: STARTTLS, LOGINDISABLED and the AUTH= mechanisms."""
+def auth_capabilities(ctx, transport, peer: str, starttls: bool = True) -> list[str]:
+    """IMAP's pre-login capabilities: STARTTLS (unless ``starttls`` is false: COMPRESS is
+    active), LOGINDISABLED and the AUTH= mechanisms."""
     ok = plaintext_ok(ctx, transport, peer)
-    caps = ["STARTTLS"] if starttls_available(ctx, transport) else []
+    caps = ["STARTTLS"] if starttls and starttls_available(ctx, transport) else []
     if not ok:
         caps.append("LOGINDISABLED")
     return caps + ["AUTH=" + m for m in ctx.auth.mechanisms(ok)]
