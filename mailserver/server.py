@@ -74,6 +74,10 @@ class Server:
                 bound.setdefault(label, []).append(address)
                 log.info("{protocol} listening on {address}", protocol=label.upper(), address=address)
         _write_listeners(cfg.server.state_dir, bound)
+        if tls is None and any(not spec.startswith(("127.", "[::1]", "localhost", "unix:"))
+                               for name in ("imap", "pop3") for spec in getattr(cfg, name).listen):
+            log.warn("no [tls] certificate: clients outside [auth] plaintext_networks {nets} cannot log in",
+                     nets=cfg.auth.plaintext_networks)
 
     def reload(self) -> None:
         """SIGHUP: re-read the TLS certificate and key (open sessions keep theirs).  The
