@@ -5,7 +5,6 @@ TLS, certificate reload on SIGHUP, start-up errors for a missing or mismatched k
 from __future__ import annotations
 
 import imaplib
-import os
 import poplib
 import signal
 import smtplib
