@@ -20,6 +20,7 @@ from twisted.python.failure import Failure
 from mailserver import threads
 from mailserver.storage.drivers import IndexLock, IndexStore
 from mailserver.storage.errors import ErrorKind, StorageError
+from mailserver.storage.locks import KeyedLocks
 from mailserver.storage.paths import check_relative
 
 POOL = "local-index"
@@ -48,20 +49,23 @@ def _flock(fd: int, timeout: float) -> None:
 
 
 class _FileLock(IndexLock):
-    def __init__(self, fd: int):
+    def __init__(self, fd: int, on_release):
         self._fd = fd
+        self._on_release = on_release
 
     async def release(self) -> None:
         if self._fd is not None:
             fd, self._fd = self._fd, None
             fcntl.flock(fd, fcntl.LOCK_UN)  # never blocks
             os.close(fd)
+            self._on_release()
 
 
 class LocalIndexStore(IndexStore):
     def __init__(self, root: str, threads_: int = 8):
         self.root = root
         self._threads = threads_
+        self._process_locks = KeyedLocks()   # one waiter per lock file in pool threads (see locks.py)
         self._sync_pending: dict[str, list] = {}
         self._sync_dirs: set[str] = set()   # parents of files created since the last sync
         self._dirs_lock = threading.Lock()  # _sync_dirs is filled from pool threads
@@ -172,8 +176,12 @@ class LocalIndexStore(IndexStore):
             os.close(lfd)  # closing releases the flock
 
     async def append_at(self, path, offset, data, *, lock, cut_tail_at_size=None):
-        return await self._run(self._append_at, self._abs(path), self._abs(lock), offset, data,
-                               cut_tail_at_size)
+        await self._process_locks.acquire(lock)
+        try:
+            return await self._run(self._append_at, self._abs(path), self._abs(lock), offset, data,
+                                   cut_tail_at_size)
+        finally:
+            self._process_locks.release(lock)
 
     async def truncate(self, path: str, size: int) -> None:
         await self._run(os.truncate, self._abs(path), size)
@@ -265,7 +273,13 @@ class LocalIndexStore(IndexStore):
                 os.close(fd)
                 raise
             return fd
-        return _FileLock(await self._run(take, self._abs(path)))
+        await self._process_locks.acquire(path)
+        try:
+            fd = await self._run(take, self._abs(path))
+        except BaseException:
+            self._process_locks.release(path)
+            raise
+        return _FileLock(fd, lambda: self._process_locks.release(path))
 
 
 def _ignore_missing(func, path, exc_info):
