@@ -10,6 +10,8 @@ from __future__ import annotations
 import dataclasses
 import datetime
 
+from mailserver.storage.collation import casemap
+
 
 class Node:
     """Base class of search nodes."""
@@ -93,7 +95,7 @@ class Header(Node):
 
 @dataclasses.dataclass(frozen=True)
 class Body(Node):
-    """The decoded body text contains ``value`` (case-insensitive)."""
+    """The decoded body text contains ``value`` (i;unicode-casemap, ``collation.casemap``)."""
 
     value: str
 
@@ -196,7 +198,7 @@ class _Context:
                 self._body = ""
             else:
                 root = m.parts or mime.parse(m.data)
-                self._body = "\n".join(mime.search_text(m.data, root)).casefold()
+                self._body = casemap("\n".join(mime.search_text(m.data, root)))
         return self._body
 
 
@@ -259,19 +261,19 @@ def matches(node: Node, info, ctx: _Context) -> bool:
         values = mime.decoded_headers(ctx.header_bytes(node.name), node.name)
         if not node.value:
             return bool(values)
-        wanted = node.value.casefold()
-        return any(wanted in v.casefold() for v in values)
+        wanted = casemap(node.value)
+        return any(wanted in casemap(v) for v in values)
     if t is Body:
-        return node.value.casefold() in ctx.body_text()
+        return casemap(node.value) in ctx.body_text()
     if t is Text:
         from mailserver.storage import mime
-        wanted = node.value.casefold()
+        wanted = casemap(node.value)
         header = ctx.full_header()
-        if wanted in header.decode("utf-8", "replace").casefold():
+        if wanted in casemap(header.decode("utf-8", "replace")):
             return True
         names = {line.split(b":", 1)[0].strip().decode("ascii", "replace")
                  for line in header.split(b"\n") if b":" in line and line[:1] not in (b" ", b"\t")}
-        if any(wanted in v.casefold() for n in names for v in mime.decoded_headers(header, n)):
+        if any(wanted in casemap(v) for n in names for v in mime.decoded_headers(header, n)):
             return True
         return wanted in ctx.body_text()
     raise TypeError(f"unknown search node {node!r}")

@@ -23,6 +23,7 @@ from mailserver.storage.errors import ErrorKind, StorageError
 
 from . import commands
 from .commands import Done, State, Sync
+from .extensions import EXTENSIONS_A
 from .errors import CommandError, is_server_fault, storage_answer
 from .parser import CONTINUE, Args, BadSyntax, Command, CommandParser, LineTooLong, ParseError
 from .response import ResponseWriter, status_line
@@ -61,6 +62,7 @@ class IMAPServerProtocol(Protocol):
         self.user = None
         self.selected = None
         self.utf8 = False
+        self.enabled: set[str] = set()      # ENABLEd extensions (CONDSTORE, QRESYNC, IMAP4REV2...)
         self.auth_failures = 0
         self.peer = ""
         self.writer: ResponseWriter | None = None
@@ -96,6 +98,7 @@ class IMAPServerProtocol(Protocol):
         caps = ["IMAP4rev1", "LITERAL+", "SASL-IR", "ID", "ENABLE", "IDLE", "NAMESPACE", "UNSELECT",
                 "UIDPLUS", "CHILDREN", "SPECIAL-USE", "MOVE", "MULTIAPPEND", "STATUS=SIZE",
                 f"APPENDLIMIT={self.config.max_literal_size}"]
+        caps += EXTENSIONS_A
         if self.state is State.NOT_AUTHENTICATED:
             caps += ["AUTH=" + name for name in sasl.names()]
         return caps

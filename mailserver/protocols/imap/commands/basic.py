@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from ..errors import bad
+from ..extensions import ENABLEABLE
 from ..parser import Args, Atom
 from ..response import CRLF, nstring, string
 from . import ANY, AUTH, SELECTED, Done, Sync, command
@@ -64,12 +65,20 @@ async def id_(session, tag: str, args: Args):
 
 @command("ENABLE", AUTH, sync=Sync.NONE)
 async def enable(session, tag: str, args: Args):
-    """RFC 5161.  No extension that needs enabling is implemented yet: nothing is enabled."""
+    """RFC 5161: switch on what ``extensions.ENABLEABLE`` knows; ``* ENABLED`` lists what this
+    command switched on (unknown names and ones already on are left out)."""
     if not args.more():
         raise bad("Missing capability")
+    done = []
     while args.more():
-        args.atom("capability")
-    session.writer.untagged("ENABLED")
+        name = args.atom("capability")
+        key = name.upper()
+        switch = ENABLEABLE.get(key)
+        if switch is not None and key not in session.enabled and name not in done:
+            switch(session)
+            session.enabled.add(key)
+            done.append(name)
+    session.writer.untagged(" ".join(["ENABLED"] + done))
 
 
 @command("NAMESPACE", AUTH, sync=Sync.NONE)

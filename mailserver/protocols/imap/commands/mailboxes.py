@@ -10,10 +10,12 @@ from .. import names
 from ..errors import bad, storage_answer
 from ..parser import Args
 from ..response import CRLF, flag_list
+from ..condstore import parse_select_params, resync_select
+from ..extensions import enable_condstore
 from ..selected import Selected
 from . import AUTH, Done, State, Sync, command
 
-STATUS_ITEMS = ("MESSAGES", "RECENT", "UIDNEXT", "UIDVALIDITY", "UNSEEN", "SIZE", "DELETED")
+STATUS_ITEMS = ("MESSAGES", "RECENT", "UIDNEXT", "UIDVALIDITY", "UNSEEN", "SIZE", "DELETED", "HIGHESTMODSEQ")
 
 
 def mailbox_arg(session, args: Args, what: str = "mailbox name", **kw) -> str:
@@ -33,15 +35,22 @@ async def examine(session, tag: str, args: Args):
 
 
 async def _select(session, args: Args, readonly: bool):
-    name = mailbox_arg(session, args)
-    args.end()
-    # A failed SELECT leaves no mailbox selected (RFC 3501 6.3.1).
-    await session.unselect()
+    raw_name = args.astring("mailbox name")
+    name = names.mailbox(raw_name, session.utf8)
+    params = parse_select_params(session, args)
+    # A failed SELECT leaves no mailbox selected (RFC 3501 6.3.1); leaving one is said with
+    # [CLOSED] (RFC 7162 3.2.11, RFC 9051 7.1).
+    if session.selected is not None:
+        await session.unselect()
+        session.writer.write(b"* OK [CLOSED] Previous mailbox closed\r\n")
     try:
         mailbox = await session.user.open_mailbox(name, readonly=readonly)
     except StorageError as e:
         raise storage_answer(e, texts={ErrorKind.NOT_FOUND: "Mailbox does not exist"}) from e
-    selected = Selected(mailbox, readonly or bool(getattr(mailbox, "readonly", False)), session.wake)
+    if params.condstore or params.qresync:
+        enable_condstore(session)
+    selected = Selected(mailbox, readonly or bool(getattr(mailbox, "readonly", False)), session.wake,
+                        session.enabled)
     session.selected = selected
     session.state = State.SELECTED
     keywords, first_unseen = selected.scan()
@@ -53,11 +62,20 @@ async def _select(session, args: Args, readonly: bool):
         w.write(b"* OK [PERMANENTFLAGS ()] Read-only mailbox" + CRLF)
     else:
         w.write(b"* OK [PERMANENTFLAGS " + flags[:-1] + b" \\*)] Flags permitted" + CRLF)
-    w.write(b"* %d EXISTS\r\n* %d RECENT\r\n" % (len(uids), selected.recent))
-    if first_unseen:
-        w.write(b"* OK [UNSEEN %d] First unseen message\r\n" % first_unseen)
+    if selected.rev2:
+        # IMAP4rev2: no RECENT and no UNSEEN; the mailbox's name as the server spells it.
+        w.write(b"* %d EXISTS\r\n" % len(uids))
+        w.write(b'* LIST () "/" ' + names.encode(mailbox.name, session.utf8) + CRLF)
+    else:
+        w.write(b"* %d EXISTS\r\n* %d RECENT\r\n" % (len(uids), selected.recent))
+        if first_unseen:
+            w.write(b"* OK [UNSEEN %d] First unseen message\r\n" % first_unseen)
     w.write(b"* OK [UIDVALIDITY %d] UIDs valid\r\n" % mailbox.uidvalidity)
     w.write(b"* OK [UIDNEXT %d] Predicted next UID\r\n" % mailbox.uidnext)
+    if selected.condstore:
+        w.write(b"* OK [HIGHESTMODSEQ %d] Highest\r\n" % selected.highestmodseq)
+    if params.qresync is not None:
+        await resync_select(session, selected, params.qresync)
     session.debug("selected {mailbox}", mailbox=name)
     if selected.readonly:
         return Done("Examine completed", "READ-ONLY")
@@ -185,6 +203,13 @@ def _ordered(mailbox_names) -> list:
 
 # --- STATUS -----------------------------------------------------------------------------------
 
+def status_values(st) -> dict:
+    """STATUS item name -> value of a ``MailboxStatus``."""
+    return {"MESSAGES": st.messages, "RECENT": st.recent, "UIDNEXT": st.uidnext,
+            "UIDVALIDITY": st.uidvalidity, "UNSEEN": st.unseen, "SIZE": st.size, "DELETED": st.deleted,
+            "HIGHESTMODSEQ": st.highestmodseq}
+
+
 @command("STATUS", AUTH)
 async def status(session, tag: str, args: Args):
     name = mailbox_arg(session, args)
@@ -198,9 +223,10 @@ async def status(session, tag: str, args: Args):
         wanted.append(item)
     if not wanted:
         raise bad("Empty STATUS item list")
+    if "HIGHESTMODSEQ" in wanted:
+        enable_condstore(session)
     st = await session.user.status(name)
-    values = {"MESSAGES": st.messages, "RECENT": st.recent, "UIDNEXT": st.uidnext,
-              "UIDVALIDITY": st.uidvalidity, "UNSEEN": st.unseen, "SIZE": st.size, "DELETED": st.deleted}
+    values = status_values(st)
     body = " ".join(f"{item} {values[item]}" for item in wanted)
     session.writer.write(b"* STATUS " + names.encode(name, session.utf8) + b" (" + body.encode() + b")" + CRLF)
     return "STATUS completed"
