@@ -1,13 +1,13 @@
-"""Mailbox commands: SELECT, EXAMINE, CREATE, DELETE, RENAME, SUBSCRIBE, UNSUBSCRIBE, LIST,
-LSUB, STATUS."""
+"""Mailbox commands: SELECT, EXAMINE, CREATE, DELETE, RENAME, SUBSCRIBE, UNSUBSCRIBE, STATUS
+(LIST and LSUB are in ``listing.py``)."""
 
 from __future__ import annotations
 
-from mailserver.storage.api import SYSTEM_FLAGS
+from mailserver.storage.api import SPECIAL_USES, SYSTEM_FLAGS
 from mailserver.storage.errors import ErrorKind, StorageError
 
 from .. import names
-from ..errors import bad, storage_answer
+from ..errors import bad, no, storage_answer
 from ..parser import Args
 from ..response import CRLF, flag_list
 from ..condstore import parse_select_params, resync_select
@@ -86,11 +86,20 @@ async def _select(session, args: Args, readonly: bool):
 
 @command("CREATE", AUTH)
 async def create(session, tag: str, args: Args):
+    """CREATE, with CREATE-SPECIAL-USE (RFC 6154 3): ``CREATE name (USE (\\Archive))``."""
+    from .listing import use_list
     name = mailbox_arg(session, args, trailing_separator=True)
+    uses = use_list(args)
     args.end()
     if name == names.INBOX:
         raise storage_answer(StorageError(ErrorKind.EXISTS), texts={ErrorKind.EXISTS: "INBOX always exists"})
-    await session.user.create_mailbox(name)
+    canonical = []
+    for use in uses:
+        match = [u for u in SPECIAL_USES if u.lower() == use.lower()]
+        if not match:
+            raise no("Unsupported special-use attribute", "USEATTR")
+        canonical.append(match[0])
+    await session.user.create_mailbox(name, canonical)
     return "CREATE completed"
 
 
@@ -132,73 +141,6 @@ async def unsubscribe(session, tag: str, args: Args):
     args.end()
     await session.user.set_subscribed(name, False)
     return "UNSUBSCRIBE completed"
-
-
-def _list_args(session, args: Args) -> tuple[str, str]:
-    reference = names.decode(args.astring("reference name"), session.utf8)
-    pattern = names.decode(args.astring("mailbox pattern"), session.utf8)
-    args.end()
-    return reference, pattern
-
-
-@command("LIST", AUTH)
-async def list_(session, tag: str, args: Args):
-    """RFC 3501 LIST with CHILDREN (RFC 3348) and SPECIAL-USE (RFC 6154) attributes; a missing
-    parent of listed mailboxes shows as ``\\Noselect``."""
-    if isinstance(args.peek(), list):
-        raise bad("LIST selection options are not supported")
-    reference, pattern = _list_args(session, args)
-    w = session.writer
-    if pattern == "":
-        # The hierarchy delimiter and the root of the reference (RFC 3501 6.3.8).
-        root = reference.split("/", 1)[0] + "/" if "/" in reference else ""
-        w.write(b'* LIST (\\Noselect) "/" ' + names.encode(root, session.utf8) + CRLF)
-        return "LIST completed"
-    infos = await session.user.list_mailboxes()
-    by_name = {info.name: info for info in infos}
-    existing, implied = names.with_parents(by_name)
-    parents = names.parents_with_children(existing)
-    regex = names.pattern_regex(reference, pattern)
-    out = []
-    for name in _ordered(existing | implied):
-        if not regex.match(name):
-            continue
-        attrs = []
-        if name in implied:
-            attrs.append("\\Noselect")
-        attrs.append("\\HasChildren" if name in parents else "\\HasNoChildren")
-        info = by_name.get(name)
-        if info is not None:
-            attrs.extend(sorted(info.special_use))
-        out.append(b"* LIST (" + " ".join(attrs).encode() + b') "/" ' + names.encode(name, session.utf8) + CRLF)
-    w.write(b"".join(out))
-    return "LIST completed"
-
-
-@command("LSUB", AUTH)
-async def lsub(session, tag: str, args: Args):
-    reference, pattern = _list_args(session, args)
-    subscribed = set(await session.user.subscriptions())
-    regex = names.pattern_regex(reference, pattern)
-    _, implied = names.with_parents(subscribed)
-    out = []
-    for name in _ordered(subscribed | implied):
-        if not regex.match(name):
-            continue
-        if name in implied:
-            # RFC 3501 6.3.9: a parent shown only because a child is subscribed is \Noselect.
-            if "%" not in pattern:
-                continue
-            attrs = b"(\\Noselect)"
-        else:
-            attrs = b"()"
-        out.append(b"* LSUB " + attrs + b' "/" ' + names.encode(name, session.utf8) + CRLF)
-    session.writer.write(b"".join(out))
-    return "LSUB completed"
-
-
-def _ordered(mailbox_names) -> list:
-    return sorted(mailbox_names, key=lambda n: (n != names.INBOX, n))
 
 
 # --- STATUS -----------------------------------------------------------------------------------
