@@ -418,6 +418,7 @@ class IMAPServerFactory(Factory):
     def __init__(self, ctx, clock=None):
         self.ctx = ctx
         self.clock = clock
+        commands.load()     # import every command module now, not on the first connection
 
     def buildProtocol(self, addr):
         proto = IMAPServerProtocol(self.ctx, self.clock)
