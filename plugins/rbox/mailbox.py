@@ -19,6 +19,7 @@ from plugins.rbox.save import KeywordTable, cache_fields, new_ref, split_flags
 
 log = Logger(namespace="mailserver.rbox")
 
+_SEEN_BIT = bytes(b & R.FLAG_BITS["\\Seen"] for b in range(256))   # flags byte -> 0 when unseen
 _CACHED_ITEMS = frozenset((FetchItem.ENVELOPE, FetchItem.BODYSTRUCTURE, FetchItem.BODY,
                            FetchItem.PARTS, FetchItem.CACHED_HEADERS, FetchItem.PREVIEW))
 
@@ -80,6 +81,17 @@ class RboxMailbox(api.Mailbox):
 
     def info(self, uid: int):
         return self.index.state.info(uid)
+
+    def flag_summary(self):
+        st = self.index.state
+        view = self._uids
+        suids = st.uids
+        if len(view) != len(suids) or (view and (view[0] != suids[0] or view[-1] != suids[-1])):
+            return super().flag_summary()
+        # The view is the index state (as right after open): read the columns directly.
+        words = frozenset(k for k in st.keywords if k)
+        first_unseen = st.flags.tobytes().translate(_SEEN_BIT).find(b"\0") + 1
+        return words, first_unseen
 
     def vanished_since(self, modseq: int):
         return self.index.state.expunged_since(modseq)

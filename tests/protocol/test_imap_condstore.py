@@ -7,7 +7,7 @@ import pytest_twisted
 from twisted.internet import defer
 
 from tests.protocol.imap_session import Wire, make_context
-from tests.protocol.test_imap_messages import append, mail, session_with
+from tests.protocol.test_imap_messages import mail, session_with
 
 
 @pytest.fixture

@@ -2,7 +2,6 @@
 (RFC 5032), SORT/ESORT/CONTEXT (RFC 5256, 5267), THREAD (RFC 5256), I18NLEVEL=1: transcripts over
 real rbox storage."""
 
-import time
 
 import pytest
 import pytest_twisted

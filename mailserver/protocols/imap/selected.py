@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import bisect
 
-from mailserver.storage.api import SEEN, Changes
+from mailserver.storage.api import Changes
 
 from .extensions import CONDSTORE, IMAP4REV2, QRESYNC
 from .response import flag_list
@@ -78,19 +78,10 @@ class Selected:
         return flag_list(info.flags)
 
     def scan(self) -> tuple[set, int]:
-        """(keywords used by messages of the view, sequence number of the first message without
-        \\Seen or 0), in one pass over the view (for SELECT)."""
-        words: set = set()
-        first_unseen = 0
-        for msn, info in enumerate(self.mailbox.all_info(), 1):
-            if info is None:
-                continue
-            for flag in info.flags:
-                if not flag.startswith("\\"):
-                    words.add(flag)
-            if not first_unseen and SEEN not in info.flags:
-                first_unseen = msn
-        return words, first_unseen
+        """(keywords of the mailbox, sequence number of the first message without \\Seen or 0),
+        for SELECT (``Mailbox.flag_summary``)."""
+        words, first_unseen = self.mailbox.flag_summary()
+        return set(words), first_unseen
 
     # --- updates ------------------------------------------------------------------------------
     async def sync(self, writer, expunges: bool = True, force: bool = False) -> None:
