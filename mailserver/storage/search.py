@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import re
 
 from mailserver.storage.collation import casemap
 
@@ -202,10 +203,33 @@ class _Context:
         return self._body
 
 
+_FIELD_PATTERNS: dict = {}
+
+
+def _field_pattern(name: str):
+    """A regex finding the values of one header field (name case-insensitive, at a line start)."""
+    rx = _FIELD_PATTERNS.get(name)
+    if rx is None:
+        raw = name.encode("ascii", "replace")
+        pat = b"".join(b"[%s%s]" % (bytes([c]).lower(), bytes([c]).upper()) if bytes([c]).isalpha()
+                       else re.escape(bytes([c])) for c in raw)
+        rx = re.compile(rb"(?:^|\n)" + pat + rb"[ \t]*:([^\n]*(?:\n[ \t][^\n]*)*)")
+        if len(_FIELD_PATTERNS) < 512:
+            _FIELD_PATTERNS[name] = rx
+    return rx
+
+
+def field_values(header: bytes, name: str) -> list:
+    """Decoded values of field ``name`` in ``header`` (as ``mime.decoded_headers``, without
+    splitting every other field of the header first)."""
+    from mailserver.storage import mime
+    from mailserver.storage.mime import _headers as H
+    return [mime.decode_words(H.unfold(v).strip(b" \t")) for v in _field_pattern(name).findall(header)]
+
+
 def _sent_date(ctx: _Context):
     from email.utils import parsedate_to_datetime
-    from mailserver.storage import mime
-    values = mime.decoded_headers(ctx.header_bytes("date"), "date")
+    values = field_values(ctx.header_bytes("date"), "date")
     if not values:
         return None
     try:
@@ -257,8 +281,7 @@ def matches(node: Node, info, ctx: _Context) -> bool:
     if t is EmailId:
         return info.guid == node.value
     if t is Header:
-        from mailserver.storage import mime
-        values = mime.decoded_headers(ctx.header_bytes(node.name), node.name)
+        values = field_values(ctx.header_bytes(node.name), node.name)
         if not node.value:
             return bool(values)
         wanted = casemap(node.value)
