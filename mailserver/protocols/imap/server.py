@@ -63,6 +63,7 @@ class IMAPServerProtocol(Protocol):
         self.selected = None
         self.utf8 = False
         self.enabled: set[str] = set()      # ENABLEd extensions (CONDSTORE, QRESYNC, IMAP4REV2...)
+        self.notify = None                  # active NOTIFY SET (commands/notify.py)
         self.auth_failures = 0
         self.peer = ""
         self.writer: ResponseWriter | None = None
@@ -175,8 +176,12 @@ class IMAPServerProtocol(Protocol):
 
     def _release(self) -> None:
         """Give back the selected mailbox and the user's storage (after the connection ended)."""
-        selected, user = self.selected, self.user
-        self.selected = self.user = None
+        selected, user, notify = self.selected, self.user, self.notify
+        self.selected = self.user = self.notify = None
+        if notify is not None:
+            defer.Deferred.fromCoroutine(notify.stop()).addErrback(
+                lambda f: log.failure("imap session={session}: stopping NOTIFY failed", f,
+                                      session=self.session_id))
 
         async def release():
             if selected is not None:
@@ -407,8 +412,16 @@ class IMAPServerProtocol(Protocol):
             await selected.close()
 
     def wake(self) -> None:
-        """Called when the selected mailbox changed (IDLE reports it at once)."""
+        """Called when the selected mailbox changed (IDLE reports it at once; so does NOTIFY
+        when no command is running)."""
         self._wake()
+        if self.notify is not None:
+            self.notify.selected_changed()
+
+    @property
+    def busy(self) -> bool:
+        """A command is running or queued (unsolicited updates must wait for its end)."""
+        return self._running or bool(self._queue)
 
 
 class IMAPServerFactory(Factory):
