@@ -99,6 +99,12 @@ class CacheEntry:
             self._fields = decode_fields(self._payload, self._pos)
         return self._fields.get(fid)
 
+    def complete(self) -> bool:
+        """Every field of ``FIELDS`` is there (older entries may lack newer fields)."""
+        if self._fields is None:
+            self._fields = decode_fields(self._payload, self._pos)
+        return len(self._fields) >= len(FIELDS) and all(f in self._fields for f in FIELDS)
+
 
 class MessageCache:
     """In-memory view of one mailbox's cache file, read incrementally."""
