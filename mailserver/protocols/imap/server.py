@@ -18,7 +18,7 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from mailserver.auth import sasl
+from mailserver import tls
 from mailserver.storage.errors import ErrorKind, StorageError
 
 from . import commands
@@ -55,7 +55,8 @@ class IMAPServerProtocol(Protocol):
         self.config = ctx.config.imap
         self.clock = clock
         self.commands = commands.load()
-        self.parser = CommandParser(self.config.max_line_length, self.config.max_literal_size)
+        self.parser = CommandParser(self.config.max_line_length, self.config.max_literal_size,
+                                    max_nonsync_literal=None if self.config.literal_plus else 4096)
         self.session_id = secrets.token_urlsafe(9)
         self.state = State.NOT_AUTHENTICATED
         self.username: str | None = None
@@ -64,6 +65,9 @@ class IMAPServerProtocol(Protocol):
         self.utf8 = False
         self.enabled: set[str] = set()      # ENABLEd extensions (CONDSTORE, QRESYNC, IMAP4REV2...)
         self.notify = None                  # active NOTIFY SET (commands/notify.py)
+        self.idling = False                 # in IDLE (counted against [imap] max_idle_per_user)
+        self.compression = None             # compress.Deflate once COMPRESS=DEFLATE is active
+        self._after_reply: list = []        # run once the tagged answer is handed to the transport
         self.auth_failures = 0
         self.peer = ""
         self.writer: ResponseWriter | None = None
@@ -96,13 +100,23 @@ class IMAPServerProtocol(Protocol):
     # --- capabilities ---------------------------------------------------------------------------
     def capabilities(self) -> list[str]:
         """What this server implements, for CAPABILITY and the greeting/LOGIN response codes."""
-        caps = ["IMAP4rev1", "LITERAL+", "SASL-IR", "ID", "ENABLE", "IDLE", "NAMESPACE", "UNSELECT",
+        caps = ["IMAP4rev1", "LITERAL+" if self.config.literal_plus else "LITERAL-", "SASL-IR", "ID",
+                "ENABLE", "IDLE", "NAMESPACE", "UNSELECT",
                 "UIDPLUS", "CHILDREN", "SPECIAL-USE", "MOVE", "MULTIAPPEND", "STATUS=SIZE",
                 f"APPENDLIMIT={self.config.max_literal_size}"]
         caps += EXTENSIONS_A
+        caps += ["BINARY", "CATENATE", "REPLACE", "UTF8=ACCEPT", "OBJECTID", "SAVEDATE", "PREVIEW"]
         if self.state is State.NOT_AUTHENTICATED:
-            caps += ["AUTH=" + name for name in sasl.names()]
+            caps += tls.auth_capabilities(self.ctx, self.transport, self.peer,
+                                          starttls=self.compression is None)
+        else:
+            caps += ["COMPRESS=DEFLATE", "UNAUTHENTICATE"] + (["URLAUTH"] if self.ctx.dict is not None else [])
         return caps
+
+    @property
+    def plaintext_ok(self) -> bool:
+        """May this client send a password in the clear (TLS, or a plaintext_networks peer)?"""
+        return tls.plaintext_ok(self.ctx, self.transport, self.peer)
 
     # --- connection -----------------------------------------------------------------------------
     def connectionMade(self) -> None:
@@ -127,6 +141,15 @@ class IMAPServerProtocol(Protocol):
             return
         if self._timer is not None and self._timer.active():
             self._timer.reset(self.config.idle_timeout)
+        if self.compression is not None:
+            self.compression.received(data)     # inflated, then handed to plain_received
+            return
+        self.plain_received(data)
+
+    def plain_received(self, data: bytes) -> None:
+        """Client bytes as the protocol sees them (after COMPRESS inflation)."""
+        if self._closing:
+            return
         self.parser.feed(data)
         self._wake()
         self._pump()
@@ -237,6 +260,12 @@ class IMAPServerProtocol(Protocol):
         elif not full and self._reading_paused:
             self._reading_paused = False
             self.transport.resumeProducing()
+            if self.compression is not None:
+                self.compression.resume()       # inflate what arrived before the pause
+
+    @property
+    def reading_paused(self) -> bool:
+        return self._reading_paused
 
     def _wake(self) -> None:
         """Input arrived, the connection ended, or the selected mailbox changed."""
@@ -306,6 +335,10 @@ class IMAPServerProtocol(Protocol):
                 if self.writer.paused:
                     await self.writer.drain()
                 self.writer.flush()
+                if self._after_reply:
+                    hooks, self._after_reply = self._after_reply, []
+                    for hook in hooks:
+                        hook()
                 self._pump()
         finally:
             self._running = False
@@ -366,6 +399,7 @@ class IMAPServerProtocol(Protocol):
             log.failure("imap session={session} user={user} peer={peer}: {command} failed",
                         Failure(), command=name, **self.log_fields())
             status, code, text = "NO", "SERVERBUG", "Internal server error; the administrator was told"
+        self.idling = False
         if self._closed:
             return
         if self.selected is not None and spec.sync is not Sync.NONE:
@@ -422,6 +456,28 @@ class IMAPServerProtocol(Protocol):
     def busy(self) -> bool:
         """A command is running or queued (unsolicited updates must wait for its end)."""
         return self._running or bool(self._queue)
+
+    def after_reply(self, hook) -> None:
+        """Run ``hook()`` once the current command's tagged answer has been handed to the
+        transport (COMPRESS starts compressing only after its OK)."""
+        self._after_reply.append(hook)
+
+    async def unauthenticate(self) -> None:
+        """RFC 8437: back to the not-authenticated state, as after the greeting (TLS and
+        COMPRESS stay; the user's storage and every ENABLEd extension are released)."""
+        await self.unselect()
+        notify, self.notify = self.notify, None
+        if notify is not None:
+            await notify.stop()
+        user, self.user = self.user, None
+        self.username = None
+        self.state = State.NOT_AUTHENTICATED
+        self.utf8 = False
+        enabled = getattr(self, "enabled", None)
+        if isinstance(enabled, set):
+            enabled.clear()
+        if user is not None:
+            await user.close()
 
 
 class IMAPServerFactory(Factory):

@@ -12,6 +12,7 @@ import time
 from twisted.internet import defer
 from twisted.logger import Logger
 
+from mailserver import tls
 from mailserver.auth import AuthUnavailable
 from mailserver.protocols.linebased import LineServerFactory, LineServerProtocol
 from mailserver.protocols.lmtp.message import DataReader, PathError, parse_path, recipient_username, trace_headers
@@ -101,9 +102,28 @@ class LMTPServer(LineServerProtocol):
             return
         self.lhlo = name
         self._reset()
+        starttls = "250-STARTTLS\r\n" if tls.starttls_available(self.ctx, self.transport) else ""
         self.transport.write(
             f"250-{self.hostname}\r\n250-8BITMIME\r\n250-ENHANCEDSTATUSCODES\r\n250-PIPELINING\r\n"
-            f"250 SIZE {self.max_message_size}\r\n".encode())
+            f"{starttls}250 SIZE {self.max_message_size}\r\n".encode())
+
+    def cmd_STARTTLS(self, arg: str):
+        """RFC 3207.  Commands pipelined after STARTTLS in plaintext are dropped, and the session
+        starts over (the client must send LHLO again)."""
+        if arg.strip():
+            self.send("501 5.5.4 STARTTLS takes no parameters")
+            return
+        if not tls.starttls_available(self.ctx, self.transport):
+            self.send("503 5.5.1 TLS already active" if tls.is_secure(self.transport)
+                      else "454 4.7.0 TLS not available")
+            return
+        if self._buffer:
+            log.warn("discarded {n} bytes pipelined after STARTTLS", n=len(self._buffer), **self.event())
+            self._buffer.clear()
+        self.lhlo = ""
+        self._reset()
+        self.send("220 2.0.0 Ready to start TLS")
+        tls.start_tls(self.transport, self.ctx.tls)
 
     def _stopping(self) -> bool:
         """Refuse new transactions while the server shuts down (in-flight ones finish)."""
@@ -211,7 +231,7 @@ class LMTPServer(LineServerProtocol):
         self.send("252 2.3.3 Try RCPT instead")
 
     def cmd_HELP(self, arg: str):
-        self.send("214 2.0.0 Commands: LHLO MAIL RCPT DATA RSET NOOP QUIT VRFY HELP")
+        self.send("214 2.0.0 Commands: LHLO MAIL RCPT DATA RSET NOOP QUIT VRFY HELP STARTTLS")
 
     # --- DATA and delivery -------------------------------------------------------------------------
 

@@ -11,9 +11,10 @@ from mailserver.auth import sasl
 from ..errors import CommandError, bad, no
 from ..parser import Args
 from ..response import CRLF
-from . import NOT_AUTH, Done, State, Sync, command
+from . import AUTH, NOT_AUTH, Done, State, Sync, command
 
 SERVICE = "imap"
+PLAINTEXT_REFUSED = "Plaintext authentication disallowed on non-secure (SSL/TLS) connections"
 
 
 @command("LOGIN", NOT_AUTH, sync=Sync.NONE)
@@ -21,6 +22,8 @@ async def login(session, tag: str, args: Args):
     user = args.astring("user name")
     password = args.astring("password")
     args.end()
+    if not session.plaintext_ok:
+        raise no(PLAINTEXT_REFUSED, "PRIVACYREQUIRED")
     try:
         username, secret = user.decode("utf-8"), password.decode("utf-8")
     except UnicodeDecodeError:
@@ -37,8 +40,12 @@ async def authenticate(session, tag: str, args: Args):
     if args.more():
         initial = _decode(args.astring("initial response"), initial=True)
     args.end()
-    mech = sasl.start(mech_name, session.ctx.auth, service=SERVICE, peer=session.peer)
+    plaintext_ok = session.plaintext_ok
+    mech = sasl.start(mech_name, session.ctx.auth, service=SERVICE, peer=session.peer,
+                      plaintext_ok=plaintext_ok)
     if mech is None:
+        if not plaintext_ok and mech_name.upper() in sasl.PLAINTEXT:
+            raise no(PLAINTEXT_REFUSED, "PRIVACYREQUIRED")
         raise no("Unsupported authentication mechanism", "CANNOT")
     response = initial
     while True:
@@ -75,6 +82,10 @@ async def _finish(session, result: AuthResult):
         session.state = State.AUTHENTICATED
         session.auth_failures = 0
         session.info("logged in")
+        alert = session.config.alert
+        if alert:
+            # An admin's notice (RFC 3501 7.1: the client must show ALERT text to the user).
+            session.writer.untagged("OK [ALERT] " + "".join(c if c >= " " else " " for c in alert))
         return Done("Logged in", "CAPABILITY " + " ".join(session.capabilities()))
     if result.temporary:
         raise no("Authentication service unavailable, try again later", "UNAVAILABLE")
@@ -82,3 +93,13 @@ async def _finish(session, result: AuthResult):
     if session.auth_failures >= session.config.max_auth_failures:
         session.close_after_reply = b"* BYE Too many authentication failures\r\n"
     raise CommandError("NO", "Authentication failed", "AUTHENTICATIONFAILED")
+
+
+@command("UNAUTHENTICATE", AUTH, sync=Sync.NONE)
+async def unauthenticate(session, tag: str, args: Args):
+    """RFC 8437: end the login (the selected mailbox is closed without expunging) and go back
+    to the not-authenticated state; the connection, TLS and COMPRESS stay."""
+    args.end()
+    session.info("unauthenticated")
+    await session.unauthenticate()
+    return Done("Unauthenticate completed", "CAPABILITY " + " ".join(session.capabilities()))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..errors import bad
+from ..errors import bad, no
 from ..extensions import ENABLEABLE
 from ..parser import Args, Atom
 from ..response import CRLF, nstring, string
@@ -65,14 +65,21 @@ async def id_(session, tag: str, args: Args):
 
 @command("ENABLE", AUTH, sync=Sync.NONE)
 async def enable(session, tag: str, args: Args):
-    """RFC 5161: switch on what ``extensions.ENABLEABLE`` knows; ``* ENABLED`` lists what this
-    command switched on (unknown names and ones already on are left out)."""
+    """RFC 5161: switch on what ``extensions.ENABLEABLE`` knows, and UTF8=ACCEPT (RFC 6855),
+    which sets ``session.utf8``: mailbox names in UTF-8 both ways, UTF8 (~{n}) in APPEND.
+    ``* ENABLED`` lists what this command switched on; unknown names are ignored (RFC 5161)."""
     if not args.more():
         raise bad("Missing capability")
     done = []
     while args.more():
         name = args.atom("capability")
         key = name.upper()
+        if key == "UTF8=ACCEPT":
+            if not session.utf8 or key not in session.enabled:
+                session.utf8 = True
+                session.enabled.add(key)
+                done.append(key)
+            continue
         switch = ENABLEABLE.get(key)
         if switch is not None and key not in session.enabled and name not in done:
             switch(session)
@@ -95,6 +102,12 @@ async def idle(session, tag: str, args: Args):
     ``idle_check_interval``), so IDLE only waits: for a client line or a signal.
     """
     args.end()
+    limit = session.config.max_idle_per_user
+    idling = sum(1 for c in session.ctx.connections
+                 if getattr(c, "idling", False) and c.username == session.username)
+    if idling >= limit:
+        raise no(f"Too many IDLE sessions for this user (at most {limit})", "LIMIT")
+    session.idling = True           # the server clears it when the command ends
     writer = session.writer
     writer.write(b"+ idling" + CRLF)
     writer.flush()

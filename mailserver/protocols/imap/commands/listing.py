@@ -160,7 +160,7 @@ async def _status(session, name: str, items: list) -> None:
     except StorageError as e:
         session.info("LIST-STATUS of {mailbox}: {kind}", mailbox=name, kind=e.kind.value)
         return
-    values = status_values(st)
+    values = status_values(st, session)
     body = " ".join(f"{item} {values[item]}" for item in items)
     session.writer.write(b"* STATUS " + names.encode(name, session.utf8) + b" (" + body.encode() + b")" + CRLF)
 

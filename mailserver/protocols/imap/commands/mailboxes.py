@@ -16,6 +16,7 @@ from ..selected import Selected
 from . import AUTH, Done, State, Sync, command
 
 STATUS_ITEMS = ("MESSAGES", "RECENT", "UIDNEXT", "UIDVALIDITY", "UNSEEN", "SIZE", "DELETED", "HIGHESTMODSEQ")
+STATUS_ITEMS += ("MAILBOXID", "APPENDLIMIT")     # RFC 8474, RFC 7889
 
 
 def mailbox_arg(session, args: Args, what: str = "mailbox name", **kw) -> str:
@@ -72,6 +73,7 @@ async def _select(session, args: Args, readonly: bool):
             w.write(b"* OK [UNSEEN %d] First unseen message\r\n" % first_unseen)
     w.write(b"* OK [UIDVALIDITY %d] UIDs valid\r\n" % mailbox.uidvalidity)
     w.write(b"* OK [UIDNEXT %d] Predicted next UID\r\n" % mailbox.uidnext)
+    w.write(b"* OK [MAILBOXID (%s)] Ok\r\n" % mailbox.guid.encode("ascii"))
     if selected.condstore:
         w.write(b"* OK [HIGHESTMODSEQ %d] Highest\r\n" % selected.highestmodseq)
     if params.qresync is not None:
@@ -99,8 +101,8 @@ async def create(session, tag: str, args: Args):
         if not match:
             raise no("Unsupported special-use attribute", "USEATTR")
         canonical.append(match[0])
-    await session.user.create_mailbox(name, canonical)
-    return "CREATE completed"
+    info = await session.user.create_mailbox(name, canonical)
+    return Done("CREATE completed", f"MAILBOXID ({info.guid})")
 
 
 @command("DELETE", AUTH)
@@ -145,11 +147,12 @@ async def unsubscribe(session, tag: str, args: Args):
 
 # --- STATUS -----------------------------------------------------------------------------------
 
-def status_values(st) -> dict:
+def status_values(st, session) -> dict:
     """STATUS item name -> value of a ``MailboxStatus``."""
     return {"MESSAGES": st.messages, "RECENT": st.recent, "UIDNEXT": st.uidnext,
             "UIDVALIDITY": st.uidvalidity, "UNSEEN": st.unseen, "SIZE": st.size, "DELETED": st.deleted,
-            "HIGHESTMODSEQ": st.highestmodseq}
+            "HIGHESTMODSEQ": st.highestmodseq, "MAILBOXID": f"({st.guid})",
+            "APPENDLIMIT": session.config.max_literal_size}
 
 
 @command("STATUS", AUTH)
@@ -168,7 +171,7 @@ async def status(session, tag: str, args: Args):
     if "HIGHESTMODSEQ" in wanted:
         enable_condstore(session)
     st = await session.user.status(name)
-    values = status_values(st)
+    values = status_values(st, session)
     body = " ".join(f"{item} {values[item]}" for item in wanted)
     session.writer.write(b"* STATUS " + names.encode(name, session.utf8) + b" (" + body.encode() + b")" + CRLF)
     return "STATUS completed"

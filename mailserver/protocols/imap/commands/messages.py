@@ -1,6 +1,6 @@
 """Selected-state commands: STORE, COPY, MOVE, EXPUNGE, CLOSE, UNSELECT (FETCH is in
-``fetch.py``, SEARCH, SORT and THREAD in ``searching.py``); and APPEND, which shares flag parsing
-with STORE."""
+``fetch.py``, SEARCH, SORT and THREAD in ``searching.py``, APPEND and REPLACE in ``append.py``);
+flag and date-time parsing they share."""
 
 from __future__ import annotations
 
@@ -15,9 +15,9 @@ from .. import names
 from ..condstore import parse_store_modifiers
 from ..errors import bad, no, storage_answer
 from ..extensions import qresync
-from ..parser import Args, Atom, Literal, Literal8, String
+from ..parser import Args, Atom
 from ..seqset import InvalidSequenceSet, OutOfRange, SequenceSet, format_uids
-from . import AUTH, SELECTED, Done, Sync, command
+from . import SELECTED, Done, Sync, command
 
 _KEYWORD_SPECIALS = set('(){%*"\\]')
 _STORE_MODES = {"FLAGS": StoreMode.REPLACE, "+FLAGS": StoreMode.ADD, "-FLAGS": StoreMode.REMOVE}
@@ -192,53 +192,7 @@ async def unselect(session, tag: str, args: Args):
     return "UNSELECT completed"
 
 
-# --- APPEND -----------------------------------------------------------------------------------
-
-@command("APPEND", AUTH)
-async def append(session, tag: str, args: Args):
-    """APPEND with MULTIAPPEND (RFC 3502): every message is saved, or none; APPENDUID answers."""
-    name = names.mailbox(args.astring("mailbox name"), session.utf8)
-    messages = []
-    while True:
-        flags: list = []
-        internaldate = None
-        if isinstance(args.peek(), list):
-            flags = parse_flags(args.list("flag list").items)
-        date = args.peek()
-        if isinstance(date, String) and not isinstance(date, Literal):
-            internaldate = _date_time(args.string("date-time"))
-        message = args.next("message literal")
-        if isinstance(message, Literal8):
-            raise no("Binary literals are not supported", "CANNOT")
-        if not isinstance(message, Literal):
-            raise bad("Expected a message literal")
-        if not message:
-            raise no("Cannot save an empty message", "CLIENTBUG")
-        messages.append((bytes(message), flags, internaldate))
-        if not args.more():
-            break
-    tx = session.user.begin_save(name)
-    try:
-        for data, flags, internaldate in messages:
-            await tx.add(data, flags, internaldate)
-        result = await tx.commit()
-    except StorageError as e:
-        await _rollback(session, tx)
-        raise storage_answer(e, trycreate=True) from e
-    except BaseException:
-        await _rollback(session, tx)
-        raise
-    selected = session.selected
-    if selected is not None and selected.mailbox.name == name:
-        await selected.sync(session.writer, expunges=True, force=True)
-    return Done("APPEND completed", f"APPENDUID {result.uidvalidity} {format_uids(result.uids)}")
-
-
-async def _rollback(session, tx) -> None:
-    try:
-        await tx.rollback()
-    except Exception as e:  # the original error is what the client must hear about
-        session.warn("APPEND rollback failed: {error!r}", error=e)
+# APPEND (and REPLACE) live in ``append.py``; they share ``parse_flags`` and ``_date_time``.
 
 
 def _date_time(raw: bytes) -> int:

@@ -23,7 +23,10 @@ from . import SELECTED, Sync, command
 
 async def _run_search(session, args: Args, charset=None):
     selected = session.selected
-    program = parse_search(args, selected.uids(), selected.saved, charset=charset)
+    if "UTF8=ACCEPT" in session.enabled and charset is None and args.peek_atom() == "CHARSET":
+        raise bad("No CHARSET after ENABLE UTF8=ACCEPT: search strings are UTF-8")  # RFC 6855 section 3
+    program = parse_search(args, selected.uids(), selected.saved, charset=charset,
+                           max_keys=session.config.max_search_keys)
     modseq_wanted = uses_modseq(program)
     if modseq_wanted:
         enable_condstore(session)
