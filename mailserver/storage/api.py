@@ -239,6 +239,19 @@ class Mailbox(abc.ABC):
     def all_info(self) -> list:
         """MessageInfo of every message in the view, in view order (None for ones expunged meanwhile)."""
 
+    def flag_summary(self) -> tuple:
+        """(keywords of the mailbox, sequence number of the first message of the view without
+        \\Seen or 0): what SELECT reports.  Formats may answer without a MessageInfo per message."""
+        words: set = set()
+        first_unseen = 0
+        for msn, info in enumerate(self.all_info(), 1):
+            if info is None:
+                continue
+            words.update(f for f in info.flags if not f.startswith("\\"))
+            if not first_unseen and SEEN not in info.flags:
+                first_unseen = msn
+        return frozenset(words), first_unseen
+
     @abc.abstractmethod
     def vanished_since(self, modseq: int) -> list | None:
         """UIDs expunged after ``modseq`` (QRESYNC VANISHED (EARLIER)), ascending; None when the

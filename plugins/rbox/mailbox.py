@@ -19,6 +19,7 @@ from plugins.rbox.save import KeywordTable, cache_fields, new_ref, split_flags
 
 log = Logger(namespace="mailserver.rbox")
 
+_SEEN_BIT = bytes(b & R.FLAG_BITS["\\Seen"] for b in range(256))   # flags byte -> 0 when unseen
 _CACHED_ITEMS = frozenset((FetchItem.ENVELOPE, FetchItem.BODYSTRUCTURE, FetchItem.BODY,
                            FetchItem.PARTS, FetchItem.CACHED_HEADERS, FetchItem.PREVIEW))
 
@@ -80,6 +81,17 @@ class RboxMailbox(api.Mailbox):
 
     def info(self, uid: int):
         return self.index.state.info(uid)
+
+    def flag_summary(self):
+        st = self.index.state
+        view = self._uids
+        suids = st.uids
+        if len(view) != len(suids) or (view and (view[0] != suids[0] or view[-1] != suids[-1])):
+            return super().flag_summary()
+        # The view is the index state (as right after open): read the columns directly.
+        words = frozenset(k for k in st.keywords if k)
+        first_unseen = st.flags.tobytes().translate(_SEEN_BIT).find(b"\0") + 1
+        return words, first_unseen
 
     def vanished_since(self, modseq: int):
         return self.index.state.expunged_since(modseq)
@@ -173,19 +185,7 @@ class RboxMailbox(api.Mailbox):
                 data = mail.data = await self._read_body(info)
             if items & _CACHED_ITEMS or FetchItem.HEADER in items:
                 entry, data = await self._cache_entry(info, data)
-                if FetchItem.ENVELOPE in items:
-                    mail.envelope = entry.get(C.ENVELOPE).decode("utf-8")
-                if FetchItem.BODYSTRUCTURE in items:
-                    mail.bodystructure = entry.get(C.BODYSTRUCTURE).decode("utf-8")
-                if FetchItem.BODY in items:
-                    mail.body = entry.get(C.BODY).decode("utf-8")
-                if FetchItem.PARTS in items:
-                    mail.parts = mime.Part.from_json(json.loads(entry.get(C.PARTS)))
-                if FetchItem.CACHED_HEADERS in items:
-                    mail.cached_headers = bytes(entry.get(C.HEADERS))
-                    mail.cached_header_names = frozenset(entry.get(C.HEADER_NAMES).decode("ascii").split(","))
-                if FetchItem.PREVIEW in items:
-                    mail.preview = entry.get(C.PREVIEW).decode("utf-8")
+                _fill_cached(mail, entry, items)
                 if FetchItem.HEADER in items:
                     header_size = int(entry.get(C.HEADER_SIZE))
                     if data is None:
@@ -211,6 +211,21 @@ class RboxMailbox(api.Mailbox):
         if not items:
             for info in infos:
                 yield api.FetchedMail(info=info)
+            return
+        if items <= _CACHED_ITEMS:
+            # Cache only: answered from memory without a coroutine per message, as long as
+            # the entries are loaded and complete (the others take the general path).
+            entries = self.index.cache.entries
+            if not self.index.cache.loaded:
+                await self.index.cache.load_more()
+            for info in infos:
+                entry = entries.get(info.oid)
+                if entry is not None and entry.complete():
+                    mail = api.FetchedMail(info=info)
+                    _fill_cached(mail, entry, items)
+                    yield mail
+                else:
+                    yield await self._load(info, items)
             return
         window = self.storage.prefetch if items & {FetchItem.DATA, FetchItem.HEADER} else 64
         pending = collections.deque()
@@ -374,3 +389,20 @@ class RboxMailbox(api.Mailbox):
             self._unsubscribe.clear()
             if not self.readonly:
                 await self.storage.checkpoint(self.index)   # "at logout"
+
+
+def _fill_cached(mail: api.FetchedMail, entry, items) -> None:
+    """Set the cached fields ``items`` asks for from a complete cache entry."""
+    if FetchItem.ENVELOPE in items:
+        mail.envelope = entry.get(C.ENVELOPE).decode("utf-8")
+    if FetchItem.BODYSTRUCTURE in items:
+        mail.bodystructure = entry.get(C.BODYSTRUCTURE).decode("utf-8")
+    if FetchItem.BODY in items:
+        mail.body = entry.get(C.BODY).decode("utf-8")
+    if FetchItem.PARTS in items:
+        mail.parts = mime.Part.from_json(json.loads(entry.get(C.PARTS)))
+    if FetchItem.CACHED_HEADERS in items:
+        mail.cached_headers = bytes(entry.get(C.HEADERS))
+        mail.cached_header_names = frozenset(entry.get(C.HEADER_NAMES).decode("ascii").split(","))
+    if FetchItem.PREVIEW in items:
+        mail.preview = entry.get(C.PREVIEW).decode("utf-8")

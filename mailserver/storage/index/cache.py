@@ -11,6 +11,8 @@ from __future__ import annotations
 import struct
 import zlib
 
+from twisted.internet import defer
+
 from mailserver.storage.index.records import FRAME, MAX_RECORD, frame
 
 ENVELOPE = 1
@@ -97,6 +99,12 @@ class CacheEntry:
             self._fields = decode_fields(self._payload, self._pos)
         return self._fields.get(fid)
 
+    def complete(self) -> bool:
+        """Every field of ``FIELDS`` is there (older entries may lack newer fields)."""
+        if self._fields is None:
+            self._fields = decode_fields(self._payload, self._pos)
+        return len(self._fields) >= len(FIELDS) and all(f in self._fields for f in FIELDS)
+
 
 class MessageCache:
     """In-memory view of one mailbox's cache file, read incrementally."""
@@ -107,6 +115,7 @@ class MessageCache:
         self.entries: dict[str, CacheEntry] = {}
         self.offset = 0
         self.loaded = False
+        self._loading = defer.DeferredLock()
 
     async def load_more(self) -> None:
         """Read entries appended since the last call (by this or another process)."""
@@ -122,8 +131,16 @@ class MessageCache:
     async def get(self, oid: str) -> CacheEntry | None:
         entry = self.entries.get(oid)
         if entry is None:
-            await self.load_more()
-            entry = self.entries.get(oid)
+            # FETCH asks for many entries at once: one read of the file serves them all, instead
+            # of every waiting request reading (and scanning) the whole file again.
+            await self._loading.acquire()
+            try:
+                entry = self.entries.get(oid)
+                if entry is None:
+                    await self.load_more()
+                    entry = self.entries.get(oid)
+            finally:
+                self._loading.release()
         return entry
 
     async def add(self, oid: str, fields: dict[int, bytes]) -> None:
