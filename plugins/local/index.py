@@ -265,6 +265,22 @@ class LocalIndexStore(IndexStore):
             return fd
         return _FileLock(await self._run(take, self._abs(path)))
 
+    async def try_lock(self, path: str) -> IndexLock | None:
+        def take(p):
+            os.makedirs(os.path.dirname(p), 0o700, exist_ok=True)
+            fd = os.open(p, os.O_RDWR | os.O_CREAT, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                return None
+            except BaseException:
+                os.close(fd)
+                raise
+            return fd
+        fd = await self._run(take, self._abs(path))
+        return None if fd is None else _FileLock(fd)
+
 
 def _ignore_missing(func, path, exc_info):
     if not (isinstance(exc_info[1], OSError) and exc_info[1].errno == errno.ENOENT):

@@ -87,7 +87,7 @@ class RboxSave(api.SaveTransaction):
         self._pending: list[tuple[dict, defer.Deferred]] = []
         self._done = False
 
-    async def add(self, data: bytes, flags=(), internaldate: int | None = None) -> None:
+    async def add(self, data: bytes, flags=(), internaldate: int | None = None, analysis=None) -> None:
         if self._done:
             raise StorageError(ErrorKind.INTERNAL, "add after commit or rollback")
         objects = self.storage.objects
@@ -99,7 +99,8 @@ class RboxSave(api.SaveTransaction):
         now = int(time.time())
         oid = uuid.uuid4().hex
         guid = uuid.uuid4().bytes
-        analysis = mime.analyze(data)
+        if analysis is None:
+            analysis = mime.analyze(data)
         internaldate = now if internaldate is None else int(internaldate)
         meta = {
             drivers.META_MAILBOX_GUID: self._entry["guid"],
@@ -113,7 +114,9 @@ class RboxSave(api.SaveTransaction):
         }
         put = defer.Deferred.fromCoroutine(objects.put(self.user.namespace, oid, data, meta))
         self.storage.track(put)
-        cache = defer.Deferred.fromCoroutine(self._index.cache.add(oid, cache_fields(analysis)))
+        fields = cache_fields(analysis)
+        fields[C.POP3_UIDL] = b""        # saved here, so no UIDL from a migration: never look it up
+        cache = defer.Deferred.fromCoroutine(self._index.cache.add(oid, fields))
         cache.addErrback(lambda f: log.warn("cache entry for {oid} not written: {e}", oid=oid, e=f.value))
         bits, keywords = split_flags(flags)
         msg = dict(oid=oid, guid=guid, bits=bits, keywords=keywords, internaldate=internaldate,

@@ -22,6 +22,9 @@ HEADERS = 6        # raw lines of the cached header fields
 HEADER_NAMES = 7   # lowercased names covered by HEADERS, comma-separated
 PREVIEW = 8        # RFC 8970 preview text, UTF-8
 FIELDS = (ENVELOPE, BODYSTRUCTURE, BODY, PARTS, HEADER_SIZE, HEADERS, HEADER_NAMES, PREVIEW)
+# Not computed from the body, so not in FIELDS (an entry without it is complete): the POP3 UIDL from
+# the object's metadata (empty when none was recorded at migration), filled in when first asked for.
+POP3_UIDL = 9
 
 _FIELD = struct.Struct("<BI")
 
