@@ -1,5 +1,6 @@
 """LMTP wire pieces that are not the state machine: reverse/forward paths (RFC 5321 4.1.2),
-the DATA reader and the trace headers added at delivery."""
+XCLIENT attributes, the DATA and BDAT readers, body checks and the trace headers added at
+delivery."""
 
 from __future__ import annotations
 
@@ -77,6 +78,26 @@ def _check_address(address: str) -> None:
         raise PathError("invalid local part")
 
 
+def xtext_decode(value: str) -> str:
+    """RFC 3461 xtext (``+XX`` hex escapes), as XCLIENT values are sent.  ValueError if malformed."""
+    if "+" not in value:
+        return value
+    out = bytearray()
+    i = 0
+    raw = value.encode("utf-8")
+    while i < len(raw):
+        if raw[i] == 0x2B:
+            hexa = raw[i + 1:i + 3]
+            if len(hexa) != 2 or not all(c in b"0123456789ABCDEFabcdef" for c in hexa):
+                raise ValueError("bad xtext escape")
+            out.append(int(hexa, 16))
+            i += 3
+        else:
+            out.append(raw[i])
+            i += 1
+    return out.decode("utf-8", "replace")
+
+
 def split_address(address: str) -> tuple[str, str]:
     """(local part as written, domain): the domain follows the last ``@`` outside quotes."""
     quoted = escaped = False
@@ -111,6 +132,36 @@ def recipient_username(address: str, delimiters: str) -> tuple[str, str]:
         if cut > 0:
             local, detail = local[:cut], local[cut + 1:]
     return (f"{local}@{domain}" if domain else local), detail
+
+
+class ChunkReader:
+    """Collects BDAT chunks (RFC 3030): exactly the announced bytes, no dot-stuffing; keeps at
+    most ``max_size`` bytes and then only counts (the rest of a chunk must still be read)."""
+
+    def __init__(self, max_size: int):
+        self.max_size = max_size
+        self.data = bytearray()
+        self.remaining = 0          # bytes of the current chunk still to read
+        self.chunk_size = 0
+        self.last = False
+        self.too_big = False
+        self.failed = False         # a chunk was refused: the transaction needs RSET
+
+    def start(self, size: int, last: bool) -> None:
+        self.remaining = self.chunk_size = size
+        self.last = last
+        if len(self.data) + size > self.max_size:
+            self.too_big = True
+            self.data = bytearray()
+
+    def feed(self, buffer: bytearray) -> bool:
+        """Take what belongs to the current chunk from ``buffer``; True when the chunk is complete."""
+        take = min(self.remaining, len(buffer))
+        if not self.too_big:
+            self.data += memoryview(buffer)[:take]
+        del buffer[:take]
+        self.remaining -= take
+        return self.remaining == 0
 
 
 class DataReader:
@@ -158,6 +209,25 @@ class DataReader:
         return data
 
 
+def normalize_crlf(data: bytes) -> bytes:
+    """Every line ending CRLF (bare LF becomes CRLF; bare CR is kept)."""
+    if data.count(b"\n") != data.count(b"\r\n"):
+        data = _BARE_LF.sub(b"\r\n", data)
+    return data
+
+
+def body_problem(data: bytes, max_line_length: int) -> str | None:
+    """Why a text (not BINARYMIME) message is refused, or None: NUL bytes (IMAP cannot carry them
+    outside BINARY), or a line longer than ``max_line_length`` octets with its CRLF (RFC 5321
+    4.5.3.1.6; 0 means no limit).  Scans at C speed: no Python loop over lines."""
+    if b"\0" in data:
+        return "Message contains NUL characters"
+    if max_line_length and len(data) >= max_line_length and \
+            max(map(len, data.split(b"\n"))) >= max_line_length:
+        return f"Message contains a line longer than {max_line_length} octets"
+    return None
+
+
 @functools.lru_cache(maxsize=4)
 def _date(second: int) -> str:
     """RFC 5322 date in local time (cached: formatting costs more than the rest of the headers)."""
@@ -165,16 +235,19 @@ def _date(second: int) -> str:
 
 
 def trace_headers(sender: str, recipients: list[str], lhlo: str, peer_ip: str, hostname: str,
-                  session: str, now: float | None = None) -> bytes:
+                  session: str, now: float | None = None, received: bool = True, utf8: bool = False) -> bytes:
     """Return-Path, Delivered-To and Received, as Dovecot's LMTP adds them: Delivered-To and the
     ``for`` clause only when the transaction has a single recipient (then every recipient's copy
-    is the same bytes)."""
+    is the same bytes).  ``received=False`` leaves Received out; ``utf8`` (SMTPUTF8 was given)
+    makes the protocol ``UTF8LMTP`` (RFC 6531 3.7.3)."""
     lines = [f"Return-Path: <{sender}>"]
     single = recipients[0] if len(recipients) == 1 else None
     if single is not None:
         lines.append(f"Delivered-To: {single}")
+    if not received:
+        return ("\r\n".join(lines) + "\r\n").encode("utf-8")
     lines.append(f"Received: from {lhlo or 'unknown'}" + (f" ([{peer_ip}])" if peer_ip else ""))
-    lines += [f"\tby {hostname} with LMTP", f"\tid {session}"]
+    lines += [f"\tby {hostname} with {'UTF8LMTP' if utf8 else 'LMTP'}", f"\tid {session}"]
     date = _date(int(time.time() if now is None else now))
     if single is not None:
         lines += [f"\t(envelope-from <{sender}>)", f"\tfor <{single}>; {date}"]
