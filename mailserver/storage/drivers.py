@@ -184,6 +184,20 @@ class IndexStore(abc.ABC):
         finally:
             await held.release()
 
+    async def append_at_durable(self, path: str, offset: int, data: bytes, *, lock: str,
+                                cut_tail_at_size: int | None = None,
+                                also_append: Iterable[tuple[str, bytes]] = ()) -> tuple[bool, bytes | None]:
+        """``append_at``, then, if it appended, ``sync([path])``: the index commit's write, in one
+        round trip where the driver can.  ``also_append``: ``(path, data)`` pairs appended as by
+        ``append`` (not synced, whatever the outcome): small writes riding along, such as index
+        cache entries.  This default makes the separate calls."""
+        for other, chunk in also_append:
+            await self.append(other, chunk)
+        ok, tail = await self.append_at(path, offset, data, lock=lock, cut_tail_at_size=cut_tail_at_size)
+        if ok:
+            await self.sync([path])
+        return ok, tail
+
     async def truncate(self, path: str, size: int) -> None:
         """Cut a file back to ``size`` bytes (only under its lock, to drop a torn tail)."""
         raise NotImplementedError(f"{type(self).__name__} cannot truncate")
