@@ -131,9 +131,15 @@ class MessageCache:
 
     async def add(self, oid: str, fields: dict[int, bytes]) -> None:
         """Append an entry (not synced: the cache can always be recomputed)."""
+        path, raw = self.remember(oid, fields)
+        await self.store.append(path, raw)
+
+    def remember(self, oid: str, fields: dict[int, bytes]) -> tuple[str, bytes]:
+        """Keep an entry in memory; the ``(path, frame)`` the caller appends to the store (the
+        save path hands it to the index commit, so it costs no round trip of its own)."""
         raw = encode_entry(oid, fields)
         self.entries[oid] = CacheEntry(raw[8:], 1 + len(oid))
-        await self.store.append(self.path, raw)
+        return self.path, raw
 
     def forget(self) -> None:
         """Drop memory (the file stays)."""
