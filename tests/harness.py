@@ -41,8 +41,9 @@ class RunningServer:
 
     def write_config(self) -> None:
         with open(self.config_path, "w") as f:
-            f.write(f'[server]\nstate_dir = "{self.state_dir}"\nlog_format = "json"\nlog_level = "debug"\n'
-                    f'shutdown_timeout = 10.0\n\n')
+            server = {"state_dir": self.state_dir, "log_format": "json", "log_level": "debug",
+                      "shutdown_timeout": 10.0, **self.options.get("server", {})}
+            f.write("[server]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in server.items()) + "\n")
             for proto in ("imap", "pop3", "lmtp"):
                 f.write(f'[{proto}]\nlisten = ["127.0.0.1:0"]\n')
                 for key, value in self.options.get(proto, {}).items():

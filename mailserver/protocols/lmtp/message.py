@@ -199,10 +199,10 @@ class DataReader:
         Dovecot with mail_save_crlf=yes; bare CR is kept).  Sets ``too_big`` past max_size."""
         if self.too_big:
             return b""
-        data = bytes(self._data).replace(b"\n.", b"\n")[1:]
-        self._data = bytearray()
-        if data.count(b"\n") != data.count(b"\r\n"):
-            data = _BARE_LF.sub(b"\r\n", data)
+        buf, self._data = self._data, bytearray()
+        if b"\n." in buf:
+            buf = buf.replace(b"\n.", b"\n")
+        data = normalize_crlf(bytes(memoryview(buf)[1:]))      # one copy when nothing changes
         if len(data) > self.max_size:
             self.too_big = True
             return b""
