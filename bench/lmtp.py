@@ -18,6 +18,7 @@ delivery (Dovecot: all its processes).
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import sys
@@ -54,7 +55,14 @@ def main() -> int:
     ap.add_argument("--users", type=int, default=100)
     ap.add_argument("--no-dovecot", action="store_true")
     ap.add_argument("--only", choices=SCENARIOS, action="append", help="run only these scenarios")
+    ap.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=JSON",
+                    help="a configuration value for our server, e.g. server.io_threads=4")
     args = ap.parse_args()
+    options: dict = {"server": {"log_level": "info"}}
+    for item in args.set:
+        name, _, value = item.partition("=")
+        section, _, key = name.partition(".")
+        options.setdefault(section, {})[key] = json.loads(value)
     scenarios = args.only or SCENARIOS
     mails = corpus(args.messages, seed=1, size=args.size)
     fanout_mails = corpus(args.fanout_messages, seed=2, size=args.size)
@@ -62,8 +70,7 @@ def main() -> int:
           f"recipients, {args.users} users, {args.rounds} rounds interleaved", flush=True)
     results: dict[tuple[str, str], list[dict]] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        ours = RunningServer(os.path.join(tmp, "ours"), users=max(args.users, 100),
-                             options={"server": {"log_level": "info"}})
+        ours = RunningServer(os.path.join(tmp, "ours"), users=max(args.users, 100), options=options)
         ours.start()
         users = [ours.new_user() for _ in range(max(args.users, 100))]
         servers = [("mailserver", ours.lmtp_port, lambda: [ours.proc.pid])]

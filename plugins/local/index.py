@@ -137,6 +137,22 @@ class LocalIndexStore(IndexStore):
                     self._created[path] = os.path.dirname(path)
             return fd
 
+    @staticmethod
+    def _open_lock(lock_path: str) -> int:
+        try:
+            return os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        except FileNotFoundError:
+            os.makedirs(os.path.dirname(lock_path), 0o700, exist_ok=True)
+            return os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+
+    def _append_rider(self, path: str, data: bytes) -> None:
+        """An append nobody waits to sync (and whose offset nobody needs)."""
+        fd = self._append_fd(path, track=False)
+        try:
+            os.write(fd, data)
+        finally:
+            os.close(fd)
+
     def _append(self, path: str, data: bytes, track: bool = True) -> int:
         fd = self._append_fd(path, track)
         try:
@@ -180,9 +196,10 @@ class LocalIndexStore(IndexStore):
 
     def _append_at_durable(self, path, lock_path, offset, data, cut, also):
         for other, chunk in also:           # riders: not synced, so their directories are not tracked
-            self._append(other, chunk, track=False)
-        os.makedirs(os.path.dirname(lock_path), 0o700, exist_ok=True)
-        lfd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+            self._append_rider(other, chunk)
+        # Every system call here lets the GIL go and takes it back (a futex round when the reactor
+        # thread is busy): keep them few.
+        lfd = self._open_lock(lock_path)
         fd = None
         try:
             _flock(lfd, 30.0)

@@ -22,6 +22,8 @@ POOL = "local-objects"
 MAGIC = b"RBOXOBJ1"
 _U32 = struct.Struct("<I")
 INITIAL_REF = ""
+_PID = [os.getpid()]            # for temporary names, without a system call per object
+os.register_at_fork(after_in_child=lambda: _PID.__setitem__(0, os.getpid()))
 
 
 def encode_meta(meta: dict[str, str]) -> bytes:
@@ -99,7 +101,7 @@ class LocalObjectStore(ObjectStore):
     @staticmethod
     def _put(path: str, data: bytes, meta: bytes) -> None:
         d = os.path.dirname(path)
-        tmp = f"{path}.tmp.{os.getpid()}.{time.monotonic_ns()}"
+        tmp = f"{path}.tmp.{_PID[0]}.{time.monotonic_ns()}"
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         except FileNotFoundError:       # first object in this fan-out directory

@@ -124,8 +124,7 @@ class RboxSave(api.SaveTransaction):
             self.name, self._entry, self._index = await self.user.index_for(self.name)
         now = int(time.time())
         oid, guid = _ids.new()
-        if analysis is None:
-            analysis = mime.analyze(data)
+        vsize = mime.vsize(data) if analysis is None else analysis.vsize
         internaldate = now if internaldate is None else int(internaldate)
         meta = {
             drivers.META_MAILBOX_GUID: self._entry["guid"],
@@ -133,21 +132,24 @@ class RboxSave(api.SaveTransaction):
             drivers.META_RECEIVED: str(internaldate),
             drivers.META_SAVE_DATE: str(now),
             drivers.META_PHYSICAL_SIZE: str(len(data)),
-            drivers.META_VIRTUAL_SIZE: str(analysis.vsize),
+            drivers.META_VIRTUAL_SIZE: str(vsize),
             drivers.META_ORIG_MAILBOX: self.name,
             drivers.META_VERSION: drivers.OBJECT_FORMAT_VERSION,
         }
         put = defer.Deferred.fromCoroutine(objects.put(self.user.namespace, oid, data, meta))
         self.storage.track(put)
+        bits, keywords = split_flags(flags)
+        msg = dict(oid=oid, guid=guid, bits=bits, keywords=keywords, internaldate=internaldate,
+                   savedate=now, size=len(data), vsize=vsize, data=data)
+        self._pending.append((msg, put))
+        # Parse while the object is being written (the write runs in a thread, mostly in fsync).
+        if analysis is None:
+            analysis = mime.analyze(data)
         fields = cache_fields(analysis)
         fields[C.POP3_UIDL] = b""        # saved here, so no UIDL from a migration: never look it up
         # Written by the index commit's round trip (the cache is not authoritative: a crash before
         # it only means recomputing the fields from the object).
         self._cache_writes.append(self._index.cache.remember(oid, fields))
-        bits, keywords = split_flags(flags)
-        msg = dict(oid=oid, guid=guid, bits=bits, keywords=keywords, internaldate=internaldate,
-                   savedate=now, size=len(data), vsize=analysis.vsize, data=data)
-        self._pending.append((msg, put))
 
     async def commit(self) -> api.SaveResult:
         if self._done:
