@@ -232,6 +232,18 @@ class RboxMailbox(api.Mailbox):
             for info in infos:
                 yield api.FetchedMail(info=info)
             return
+        if items == {FetchItem.POP3_UIDL}:
+            # POP3's UIDL pass over a whole mailbox: straight from the cache, no task per message.
+            cache = self.index.cache
+            await cache.load_more()
+            for info in infos:
+                entry = cache.entries.get(info.oid)
+                value = entry.get(C.POP3_UIDL) if entry is not None else None
+                if value is not None:
+                    yield api.FetchedMail(info=info, pop3_uidl=bytes(value).decode("utf-8", "replace"))
+                else:
+                    yield await self._load(info, items)
+            return
         window = self.storage.prefetch if items & {FetchItem.DATA, FetchItem.HEADER} else 64
         pending = collections.deque()
         it = iter(infos)
