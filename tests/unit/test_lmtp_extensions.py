@@ -4,6 +4,8 @@ recipients, trace header options, and one parse for many recipients."""
 
 import re
 
+import pytest
+
 import pytest_twisted
 
 from mailserver.protocols import lmtp
@@ -205,3 +207,16 @@ async def test_many_recipients_parse_once_store_once_each(tmp_path, monkeypatch)
     for user in ("u000@example.org", "u250@example.org", "u499@example.org"):
         (data,) = await mails(ctx, user)
         assert data.endswith(body)
+
+
+def test_parse_path_fast_and_slow_paths_agree():
+    from mailserver.protocols.lmtp.message import PathError, parse_path
+    assert parse_path("<a@[192.0.2.1]> BODY=8BITMIME", False) == ("a@[192.0.2.1]", {"BODY": "8BITMIME"})
+    assert parse_path("<jörg@exämple.org> SMTPUTF8", False) == ("jörg@exämple.org", {"SMTPUTF8": ""})
+    assert parse_path("<a@b@c>", False) == ("a@b@c", {})             # the character walk's answer
+    assert parse_path('<"a b"@c>', False) == ('"a b"@c', {})
+    for bad, why in (("<a@b>x", "junk after the path"), ("<>", "null path not allowed here"),
+                     ("<" + "a" * 300 + "@b>", "path too long"), ("<a@b> =1", "bad parameter '=1'")):
+        with pytest.raises(PathError) as e:
+            parse_path(bad, False)
+        assert str(e.value) == why
