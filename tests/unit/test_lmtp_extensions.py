@@ -5,10 +5,10 @@ recipients, trace header options, and one parse for many recipients."""
 import re
 
 import pytest
-
 import pytest_twisted
 
 from mailserver.protocols import lmtp
+from mailserver.protocols.lmtp.message import PathError, parse_path
 from mailserver.storage import mime
 from mailserver.storage.api import FetchItem
 from tests.unit.protocol_support import Conn, make_ctx
@@ -210,7 +210,6 @@ async def test_many_recipients_parse_once_store_once_each(tmp_path, monkeypatch)
 
 
 def test_parse_path_fast_and_slow_paths_agree():
-    from mailserver.protocols.lmtp.message import PathError, parse_path
     assert parse_path("<a@[192.0.2.1]> BODY=8BITMIME", False) == ("a@[192.0.2.1]", {"BODY": "8BITMIME"})
     assert parse_path("<jörg@exämple.org> SMTPUTF8", False) == ("jörg@exämple.org", {"SMTPUTF8": ""})
     assert parse_path("<a@b@c>", False) == ("a@b@c", {})             # the character walk's answer
