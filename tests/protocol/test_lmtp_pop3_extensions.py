@@ -122,3 +122,34 @@ def test_pop3_lock_holds_across_server_processes(two_servers):
     p2.pass_(password)                          # free again, and the other process's QUIT is seen
     assert p2.stat()[0] == 0
     p2.quit()
+
+
+def test_many_concurrent_lmtp_connections(mail_server):
+    """Twenty connections at once, each delivering to several users: every message lands once.
+    (One recipient per transaction: smtplib.LMTP reads a single reply after DATA.)"""
+    import threading
+    users = [mail_server.new_user() for _ in range(4)]
+    errors = []
+
+    def sender(n):
+        try:
+            with smtplib.LMTP(mail_server.host, mail_server.lmtp_port, timeout=60) as c:
+                for k in range(8):
+                    refused = c.sendmail("many@example.net", [users[(n + k) % 4][0]],
+                                         b"Subject: c%02d-%d\r\n\r\nbody\r\n" % (n, k))
+                    assert refused == {}
+        except Exception as e:          # reported below, in the test's thread
+            errors.append(e)
+    threads = [threading.Thread(target=sender, args=(n,)) for n in range(20)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert errors == []
+    for i, (user, password) in enumerate(users):
+        expected = sorted(b"Subject: c%02d-%d" % (n, k) for n in range(20) for k in range(8) if (n + k) % 4 == i)
+        p = pop(mail_server, user, password)
+        subjects = sorted(line for n in range(1, p.stat()[0] + 1) for line in p.top(n, 0)[1]
+                          if line.startswith(b"Subject: "))
+        p.quit()
+        assert subjects == expected
