@@ -93,7 +93,7 @@ async def login(ctx, user="alice", password="apw"):
 async def test_session(ctx):
     c = connect(ctx)
     assert await c.send(b"CAPA\r\n") == (b"+OK\r\nCAPA\r\nTOP\r\nUIDL\r\nRESP-CODES\r\nAUTH-RESP-CODE\r\n"
-                                         b"PIPELINING\r\nUSER\r\nSASL PLAIN\r\nUTF8 USER\r\nIMPLEMENTATION mailserver\r\n.\r\n")
+                                         b"PIPELINING\r\nUSER\r\nSASL PLAIN LOGIN\r\nUTF8 USER\r\nIMPLEMENTATION mailserver\r\n.\r\n")
     assert await c.send(b"STAT\r\n") == b"-ERR Command not valid in this state.\r\n"
     assert await c.send(b"PASS x\r\n") == b"-ERR No username given.\r\n"
     assert await c.send(b"USER alice\r\nPASS apw\r\n") == b"+OK\r\n+OK Logged in.\r\n"
@@ -179,7 +179,7 @@ async def test_wrong_password_and_failure_limit(ctx):
 async def test_auth_plain(ctx):
     c = connect(ctx)
     good = base64.b64encode(b"\0alice\0apw")
-    assert await c.send(b"AUTH\r\n") == b"+OK\r\nPLAIN\r\n.\r\n"
+    assert await c.send(b"AUTH\r\n") == b"+OK\r\nPLAIN\r\nLOGIN\r\n.\r\n"
     assert await c.send(b"AUTH CRAM-MD5\r\n") == b"-ERR [AUTH] Unsupported authentication mechanism.\r\n"
     assert await c.send(b"AUTH PLAIN\r\n") == b"+ \r\n"
     assert await c.send(b"*\r\n") == b"-ERR Authentication aborted by client.\r\n"

@@ -18,7 +18,7 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from mailserver.auth import sasl
+from mailserver import tls
 from mailserver.storage.errors import ErrorKind, StorageError
 
 from . import commands
@@ -103,10 +103,16 @@ class IMAPServerProtocol(Protocol):
                 f"APPENDLIMIT={self.config.max_literal_size}"]
         caps += ["BINARY", "CATENATE", "REPLACE", "UTF8=ACCEPT", "OBJECTID", "SAVEDATE", "PREVIEW"]
         if self.state is State.NOT_AUTHENTICATED:
-            caps += ["AUTH=" + name for name in sasl.names()]
+            caps += tls.auth_capabilities(self.ctx, self.transport, self.peer,
+                                          starttls=self.compression is None)
         else:
             caps += ["COMPRESS=DEFLATE", "UNAUTHENTICATE"] + (["URLAUTH"] if self.ctx.dict is not None else [])
         return caps
+
+    @property
+    def plaintext_ok(self) -> bool:
+        """May this client send a password in the clear (TLS, or a plaintext_networks peer)?"""
+        return tls.plaintext_ok(self.ctx, self.transport, self.peer)
 
     # --- connection -----------------------------------------------------------------------------
     def connectionMade(self) -> None:

@@ -15,6 +15,7 @@ import time
 
 from twisted.logger import Logger
 
+from mailserver import tls
 from mailserver.auth import AuthUnavailable
 from mailserver.protocols.linebased import LineServerFactory, LineServerProtocol
 from mailserver.protocols.lmtp.delivery import Recipient, deliver
@@ -116,12 +117,33 @@ class LMTPServer(LineServerProtocol):
         self.transport.write("".join(f"250-{c}\r\n" for c in caps[:-1]).encode() + f"250 {caps[-1]}\r\n".encode())
 
     def capabilities(self) -> list[str]:
-        """LHLO keywords for this connection (XCLIENT only to trusted peers, as Dovecot)."""
+        """LHLO keywords for this connection (STARTTLS while plaintext and [tls] is set; XCLIENT only
+        to trusted peers, as Dovecot)."""
         caps = ["8BITMIME", "BINARYMIME", "CHUNKING", "ENHANCEDSTATUSCODES", "PIPELINING",
                 f"SIZE {self.max_message_size}", "SMTPUTF8"]
+        if tls.starttls_available(self.ctx, self.transport):
+            caps.append("STARTTLS")
         if self.trusted:
             caps.append("XCLIENT " + " ".join(_XCLIENT_ATTRS))
         return caps
+
+    def cmd_STARTTLS(self, arg: str):
+        """RFC 3207.  Commands pipelined after STARTTLS in plaintext are dropped, and the session
+        starts over (the client must send LHLO again)."""
+        if arg.strip():
+            self.send("501 5.5.4 STARTTLS takes no parameters")
+            return
+        if not tls.starttls_available(self.ctx, self.transport):
+            self.send("503 5.5.1 TLS already active" if tls.is_secure(self.transport)
+                      else "454 4.7.0 TLS not available")
+            return
+        if self._buffer:
+            log.warn("discarded {n} bytes pipelined after STARTTLS", n=len(self._buffer), **self.event())
+            self._buffer.clear()
+        self.lhlo = ""
+        self._reset()
+        self.send("220 2.0.0 Ready to start TLS")
+        tls.start_tls(self.transport, self.ctx.tls)
 
     def _stopping(self) -> bool:
         """Refuse new transactions while the server shuts down (in-flight ones finish)."""
@@ -299,7 +321,7 @@ class LMTPServer(LineServerProtocol):
         self.send("252 2.3.3 Try RCPT instead")
 
     def cmd_HELP(self, arg: str):
-        self.send("214 2.0.0 Commands: LHLO MAIL RCPT DATA BDAT RSET NOOP QUIT VRFY HELP XCLIENT")
+        self.send("214 2.0.0 Commands: LHLO MAIL RCPT DATA BDAT RSET NOOP QUIT VRFY HELP STARTTLS XCLIENT")
 
     def cmd_XCLIENT(self, arg: str):
         """Postfix's XCLIENT from a trusted proxy: the client's address, HELO name and login for

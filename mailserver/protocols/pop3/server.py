@@ -20,6 +20,7 @@ import binascii
 from twisted.internet import defer
 from twisted.logger import Logger
 
+from mailserver import tls
 from mailserver.auth import AuthResult, sasl
 from mailserver.protocols.linebased import LineServerFactory, LineServerProtocol
 from mailserver.protocols.pop3.content import ChunkProducer, dot_stuff, top, uidl, valid_uidl
@@ -29,6 +30,7 @@ from mailserver.storage.errors import ErrorKind, StorageError
 log = Logger(namespace="mailserver.pop3")
 
 MAX_BAD_COMMANDS = 20
+PLAINTEXT_REFUSED = "-ERR [AUTH] Plaintext authentication disallowed on non-secure (SSL/TLS) connections."
 STREAM_THRESHOLD = 256 * 1024   # bigger responses go out through a producer
 
 
@@ -137,7 +139,13 @@ class POP3Server(LineServerProtocol):
     def any_CAPA(self, arg: str):
         caps = ["CAPA", "TOP", "UIDL", "RESP-CODES", "AUTH-RESP-CODE", "PIPELINING"]
         if self.state == "auth":
-            caps += ["USER", "SASL " + " ".join(sasl.names()), "UTF8 USER"]
+            plaintext_ok = self._plaintext_ok()
+            if tls.starttls_available(self.ctx, self.transport):
+                caps.append("STLS")
+            if plaintext_ok:
+                caps.append("USER")
+            caps.append("SASL " + " ".join(self.ctx.auth.mechanisms(plaintext_ok)))
+            caps.append("UTF8 USER")
         caps.append("IMPLEMENTATION mailserver")
         self.transport.write(("+OK\r\n" + "".join(c + "\r\n" for c in caps) + ".\r\n").encode())
 
@@ -160,7 +168,27 @@ class POP3Server(LineServerProtocol):
         self.utf8 = True
         self.send("+OK UTF8 enabled.")
 
+    def _plaintext_ok(self) -> bool:
+        return tls.plaintext_ok(self.ctx, self.transport, self.peer)
+
+    def auth_STLS(self, arg: str):
+        """RFC 2595.  Whatever the client sent after STLS in plaintext is dropped, never run."""
+        if not tls.starttls_available(self.ctx, self.transport):
+            self.send("-ERR TLS is already active." if tls.is_secure(self.transport)
+                      else "-ERR TLS support isn't enabled.")
+            return
+        if self._buffer:
+            log.warn("discarded {n} bytes pipelined after STLS", n=len(self._buffer), **self.event())
+            self._buffer.clear()
+        self._pending_user = None
+        self.utf8 = False               # nothing negotiated in plaintext survives STLS
+        self.send("+OK Begin TLS negotiation now.")
+        tls.start_tls(self.transport, self.ctx.tls)
+
     def auth_USER(self, arg: str):
+        if not self._plaintext_ok():
+            self.send(PLAINTEXT_REFUSED)
+            return
         if not arg:
             self.send("-ERR No username given.")
             self._bad()
@@ -183,11 +211,16 @@ class POP3Server(LineServerProtocol):
 
     def auth_AUTH(self, arg: str):
         name, _, initial = arg.strip().partition(" ")
+        plaintext_ok = self._plaintext_ok()
         if not name:
-            self.transport.write(("+OK\r\n" + "".join(m + "\r\n" for m in sasl.names()) + ".\r\n").encode())
+            names = self.ctx.auth.mechanisms(plaintext_ok)
+            self.transport.write(("+OK\r\n" + "".join(m + "\r\n" for m in names) + ".\r\n").encode())
             return None
-        mech = sasl.start(name, self.ctx.auth, service="pop3", peer=self.peer)
+        mech = sasl.start(name, self.ctx.auth, service="pop3", peer=self.peer, plaintext_ok=plaintext_ok)
         if mech is None:
+            if not plaintext_ok and name.upper() in sasl.PLAINTEXT:
+                self.send(PLAINTEXT_REFUSED)
+                return None
             self.send("-ERR [AUTH] Unsupported authentication mechanism.")
             self._bad()
             return None
