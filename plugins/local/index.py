@@ -90,6 +90,8 @@ class LocalIndexStore(IndexStore):
             raise
         except OSError as e:
             raise StorageError(ErrorKind.TEMPORARY, f"index I/O on {e.filename or self.root}: {e.strerror}") from None
+        except threads.PoolStopped as e:
+            raise StorageError(ErrorKind.TEMPORARY, f"index store: {e}") from None
 
     # --- reading ------------------------------------------------------------------------------
     @staticmethod

@@ -96,6 +96,8 @@ class LocalObjectStore(ObjectStore):
             raise StorageError(ErrorKind.NOT_FOUND, f"object {e.filename} missing") from None
         except OSError as e:
             raise StorageError(ErrorKind.TEMPORARY, f"object I/O on {e.filename}: {e.strerror}") from None
+        except threads.PoolStopped as e:
+            raise StorageError(ErrorKind.TEMPORARY, f"object store: {e}") from None
 
     # --- write --------------------------------------------------------------------------------
     @staticmethod

@@ -64,7 +64,7 @@ class RboxStorage(api.MailStorage):
     async def stop(self) -> None:
         if self._checkpointer is not None and self._checkpointer.running:
             self._checkpointer.stop()
-        if self._inflight:
+        while self._inflight:   # writes may start while earlier ones finish: wait them all out
             log.info("waiting for {n} in-flight writes", n=len(self._inflight))
             await defer.DeferredList(list(self._inflight), consumeErrors=True)
         await self.checkpoint_all()
