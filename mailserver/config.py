@@ -99,6 +99,19 @@ def networks(value: list) -> str | None:
     return None
 
 
+def mailbox_name(value: str) -> str | None:
+    if not value or value.upper() == "INBOX":
+        return "must name a mailbox other than INBOX"
+    return None
+
+
+def keyword(value: str) -> str | None:
+    if not value or value.startswith("\\") or any(c in value for c in ' (){%*"]\\') or not value.isascii() \
+            or not value.isprintable():
+        return "must be an IMAP keyword (an atom such as $POP3Deleted)"
+    return None
+
+
 def special_use_map(value: dict) -> str | None:
     from mailserver.storage.api import SPECIAL_USES
     for name, use in value.items():
@@ -153,7 +166,17 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "max_line_length": Key(int, 1024, positive, "Longest command line, bytes."),
         "max_auth_failures": Key(int, 3, positive, "Failed logins before the connection is closed."),
         "idle_timeout": Key(float, 600.0, positive, "Seconds of client silence before disconnect."),
-        "uidl_format": Key(str, "%g", None, "Like Dovecot's pop3_uidl_format: %u UID, %v UIDVALIDITY, %g mail GUID."),
+        "uidl_format": Key(str, "%g", None, "Like Dovecot's pop3_uidl_format: %u UID, %v UIDVALIDITY, %g mail GUID. "
+                                            "A UIDL recorded at migration (object metadata) wins."),
+        "delete_mode": Key(str, "expunge", one_of("expunge", "move", "seen", "hide"),
+                           "What DELE does at QUIT: expunge; move to delete_mailbox (like lazy_expunge); "
+                           "seen: only mark \\Seen, keep the mail; hide: set deleted_keyword, the mail stays "
+                           "for IMAP but POP3 no longer lists it (Dovecot's pop3_deleted_flag)."),
+        "delete_mailbox": Key(str, "Trash", mailbox_name, "delete_mode = \"move\": where deleted mail goes "
+                                                          "(created when missing)."),
+        "deleted_keyword": Key(str, "$POP3Deleted", keyword, "delete_mode = \"hide\": the keyword set on "
+                                                             "deleted mail."),
+        "no_flag_updates": Key(bool, False, None, "RETR does not set \\Seen (Dovecot's pop3_no_flag_updates)."),
     },
     "lmtp": {
         "listen": Key(list, ["127.0.0.1:24"], check_listen, "Addresses, as for [imap] listen (keep LMTP private)."),
@@ -163,6 +186,16 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "idle_timeout": Key(float, 300.0, positive, "Seconds of client silence before 421 and disconnect."),
         "recipient_delimiter": Key(str, "+", None,
                                    "Characters separating user and detail in user+detail@domain; empty: none."),
+        "save_to_detail_mailbox": Key(bool, False, None, "Deliver user+detail@domain into the mailbox named "
+                                                         "detail when it exists (else INBOX), as Dovecot's "
+                                                         "lmtp_save_to_detail_mailbox."),
+        "add_received_header": Key(bool, True, None, "Add a Received: trace header (Return-Path and, for a "
+                                                     "single recipient, Delivered-To are always added)."),
+        "max_body_line_length": Key(int, 1000, non_negative,
+                                    "Longest message line accepted, CRLF included (RFC 5321: 1000); 0: no limit. "
+                                    "Longer lines and NUL bytes are refused with 554 5.6.0 unless BODY=BINARYMIME."),
+        "trusted_networks": Key(list, ["127.0.0.0/8", "::1/128"], networks,
+                                "Networks allowed to use XCLIENT (CIDR); connections over UNIX sockets are trusted."),
     },
     "auth": {
         "passwd_file": Key(str, "", absolute_path, "Dovecot passwd-file with users and password hashes."),

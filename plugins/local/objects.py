@@ -22,6 +22,8 @@ POOL = "local-objects"
 MAGIC = b"RBOXOBJ1"
 _U32 = struct.Struct("<I")
 INITIAL_REF = ""
+_PID = [os.getpid()]            # for temporary names, without a system call per object
+os.register_at_fork(after_in_child=lambda: _PID.__setitem__(0, os.getpid()))
 
 
 def encode_meta(meta: dict[str, str]) -> bytes:
@@ -101,13 +103,19 @@ class LocalObjectStore(ObjectStore):
     @staticmethod
     def _put(path: str, data: bytes, meta: bytes) -> None:
         d = os.path.dirname(path)
-        os.makedirs(d, 0o700, exist_ok=True)
-        tmp = f"{path}.tmp.{os.getpid()}.{time.monotonic_ns()}"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        tmp = f"{path}.tmp.{_PID[0]}.{time.monotonic_ns()}"
         try:
-            view = memoryview(MAGIC + _U32.pack(len(meta)) + meta + data)
-            while view:
-                view = view[os.write(fd, view):]
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileNotFoundError:       # first object in this fan-out directory
+            os.makedirs(d, 0o700, exist_ok=True)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            head = MAGIC + _U32.pack(len(meta)) + meta
+            done = os.writev(fd, (head, data))          # no copy of the message to prepend the header
+            if done < len(head) + len(data):
+                view = memoryview(head + data)[done:]
+                while view:
+                    view = view[os.write(fd, view):]
             os.fsync(fd)
         except BaseException:
             os.close(fd)

@@ -10,7 +10,7 @@ import time
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from mailserver.storage import api, mime, search
+from mailserver.storage import api, drivers, mime, search
 from mailserver.storage.api import FetchItem
 from mailserver.storage.errors import ErrorKind, StorageError
 from mailserver.storage.index import cache as C
@@ -174,13 +174,33 @@ class RboxMailbox(api.Mailbox):
         if data is None:
             data = await self._read_body(info)
         fields = cache_fields(mime.analyze(data))
+        if entry is not None and entry.get(C.POP3_UIDL) is not None:
+            fields[C.POP3_UIDL] = bytes(entry.get(C.POP3_UIDL))
         await self.index.cache.add(info.oid, fields)
         return self.index.cache.entries[info.oid], data
+
+    async def _pop3_uidl(self, info) -> str:
+        """The UIDL recorded at migration ("" if none): from the cache, else once from the
+        object's metadata (then cached)."""
+        entry = await self.index.cache.get(info.oid)
+        value = entry.get(C.POP3_UIDL) if entry is not None else None
+        if value is not None:
+            return bytes(value).decode("utf-8", "replace")
+        meta = await self.storage.objects.get_meta(self.user.namespace, info.oid)
+        uidl = meta.get(drivers.META_POP3_UIDL, "")
+        fields = {}
+        if entry is not None:
+            fields = {f: bytes(entry.get(f)) for f in C.FIELDS if entry.get(f) is not None}
+        fields[C.POP3_UIDL] = uidl.encode("utf-8")
+        await self.index.cache.add(info.oid, fields)
+        return uidl
 
     async def _load(self, info, items) -> api.FetchedMail:
         mail = api.FetchedMail(info=info)
         data = None
         try:
+            if FetchItem.POP3_UIDL in items:
+                mail.pop3_uidl = await self._pop3_uidl(info)
             if FetchItem.DATA in items:
                 data = mail.data = await self._read_body(info)
             if items & _CACHED_ITEMS or FetchItem.HEADER in items:
@@ -212,17 +232,21 @@ class RboxMailbox(api.Mailbox):
             for info in infos:
                 yield api.FetchedMail(info=info)
             return
-        if items <= _CACHED_ITEMS:
-            # Cache only: answered from memory without a coroutine per message, as long as
-            # the entries are loaded and complete (the others take the general path).
-            entries = self.index.cache.entries
-            if not self.index.cache.loaded:
-                await self.index.cache.load_more()
+        if items <= _CACHED_ITEMS | {FetchItem.POP3_UIDL}:
+            # Cache only (POP3's UIDL pass included): answered from memory without a coroutine
+            # per message, as long as the entries are loaded and complete (others: general path).
+            cache = self.index.cache
+            if not cache.loaded or FetchItem.POP3_UIDL in items:
+                await cache.load_more()
+            want_uidl = FetchItem.POP3_UIDL in items
             for info in infos:
-                entry = entries.get(info.oid)
-                if entry is not None and entry.complete():
+                entry = cache.entries.get(info.oid)
+                uidl = entry.get(C.POP3_UIDL) if entry is not None and want_uidl else None
+                if entry is not None and entry.complete() and (uidl is not None or not want_uidl):
                     mail = api.FetchedMail(info=info)
                     _fill_cached(mail, entry, items)
+                    if uidl is not None:
+                        mail.pop3_uidl = bytes(uidl).decode("utf-8", "replace")
                     yield mail
                 else:
                     yield await self._load(info, items)
@@ -352,7 +376,8 @@ class RboxMailbox(api.Mailbox):
         for info in infos:   # the destination's cache gets the parsed fields too
             src = await self.index.cache.get(info.oid)
             if src is not None and info.oid not in dest.cache.entries:
-                await dest.cache.add(info.oid, {f: bytes(src.get(f)) for f in C.FIELDS if src.get(f) is not None})
+                await dest.cache.add(info.oid, {f: bytes(src.get(f)) for f in C.FIELDS + (C.POP3_UIDL,)
+                                                if src.get(f) is not None})
         limit = self.storage.config.storage.max_keywords
         now = int(time.time())
 

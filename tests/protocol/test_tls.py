@@ -181,7 +181,7 @@ def test_lmtp_starttls_injection(tls_server, certs):
     raw = socket.create_connection((tls_server.host, tls_server.lmtp_port))
     _read_until(raw, b"\r\n")
     raw.sendall(b"LHLO mx\r\n")
-    _read_until(raw, b"250 SIZE")
+    _read_until(raw, b"\r\n250 ")                  # the last LHLO line
     raw.sendall(b"STARTTLS\r\nMAIL FROM:<evil@example.org>\r\n")
     assert _read_until(raw, b"\r\n").startswith(b"220 2.0.0")
     tls = certs.client_context().wrap_socket(raw, server_hostname="localhost")

@@ -24,6 +24,9 @@ HEADERS = 6        # raw lines of the cached header fields
 HEADER_NAMES = 7   # lowercased names covered by HEADERS, comma-separated
 PREVIEW = 8        # RFC 8970 preview text, UTF-8
 FIELDS = (ENVELOPE, BODYSTRUCTURE, BODY, PARTS, HEADER_SIZE, HEADERS, HEADER_NAMES, PREVIEW)
+# Not computed from the body, so not in FIELDS (an entry without it is complete): the POP3 UIDL from
+# the object's metadata (empty when none was recorded at migration), filled in when first asked for.
+POP3_UIDL = 9
 
 _FIELD = struct.Struct("<BI")
 
@@ -145,9 +148,15 @@ class MessageCache:
 
     async def add(self, oid: str, fields: dict[int, bytes]) -> None:
         """Append an entry (not synced: the cache can always be recomputed)."""
+        path, raw = self.remember(oid, fields)
+        await self.store.append(path, raw)
+
+    def remember(self, oid: str, fields: dict[int, bytes]) -> tuple[str, bytes]:
+        """Keep an entry in memory; the ``(path, frame)`` the caller appends to the store (the
+        save path hands it to the index commit, so it costs no round trip of its own)."""
         raw = encode_entry(oid, fields)
         self.entries[oid] = CacheEntry(raw[8:], 1 + len(oid))
-        await self.store.append(self.path, raw)
+        return self.path, raw
 
     def forget(self) -> None:
         """Drop memory (the file stays)."""
