@@ -260,7 +260,8 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "snapshot_threshold": Key(int, 256 * 1024, positive,
                                   "Rewrite a mailbox's snapshot when its log grows past this many bytes."),
         "body_cache_bytes": Key(int, 64 * 1024 * 1024, non_negative, "In-memory cache of recent message bodies."),
-        "prefetch": Key(int, 16, positive, "Message bodies read ahead during FETCH and SEARCH."),
+        "prefetch": Key(int, 256, positive, "Message bodies read ahead during FETCH and SEARCH, per "
+                        "object-store call (two such batches, each also at most 2 MB, are in flight)."),
         "checkpoint_interval": Key(float, 60.0, non_negative,
                                    "Seconds between index checkpoints into the object store (0: only at close)."),
         "gc_grace": Key(float, 3600.0, non_negative,
