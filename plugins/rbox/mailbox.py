@@ -22,6 +22,9 @@ log = Logger(namespace="mailserver.rbox")
 _SEEN_BIT = bytes(b & R.FLAG_BITS["\\Seen"] for b in range(256))   # flags byte -> 0 when unseen
 _CACHED_ITEMS = frozenset((FetchItem.ENVELOPE, FetchItem.BODYSTRUCTURE, FetchItem.BODY,
                            FetchItem.PARTS, FetchItem.CACHED_HEADERS, FetchItem.PREVIEW))
+_DATA_ONLY = frozenset((FetchItem.DATA,))
+BATCH_BYTES = 2 << 20       # body bytes per object-store read batch (at least one message)
+BATCHES_AHEAD = 2           # read batches in flight during a FETCH (each costs a thread hand-off)
 
 
 class RboxMailbox(api.Mailbox):
@@ -195,14 +198,30 @@ class RboxMailbox(api.Mailbox):
         await self.index.cache.add(info.oid, fields)
         return uidl
 
-    async def _load(self, info, items) -> api.FetchedMail:
+    async def _read_bodies(self, infos: list, keep: bool) -> list:
+        """Bodies of ``infos`` (bytes, or the StorageError reading one raised): from the body
+        cache, the rest in one ``get_many`` (and kept in the body cache if ``keep``)."""
+        ns = self.user.namespace
+        bodies = self.storage.bodies
+        out = [bodies.get((ns, i.oid)) for i in infos]
+        todo = [k for k, data in enumerate(out) if data is None]
+        if todo:
+            got = await self.storage.objects.get_many(ns, [infos[k].oid for k in todo],
+                                                      [infos[k].size for k in todo])
+            for k, data in zip(todo, got):
+                out[k] = data
+                if keep and type(data) is bytes:
+                    bodies.put((ns, infos[k].oid), data)
+        return out
+
+    async def _load(self, info, items, data: bytes | None = None) -> api.FetchedMail:
+        """One message's FetchedMail; ``data``: its body when the caller already read it."""
         mail = api.FetchedMail(info=info)
-        data = None
         try:
             if FetchItem.POP3_UIDL in items:
                 mail.pop3_uidl = await self._pop3_uidl(info)
             if FetchItem.DATA in items:
-                data = mail.data = await self._read_body(info)
+                data = mail.data = data if data is not None else await self._read_body(info)
             if items & _CACHED_ITEMS or FetchItem.HEADER in items:
                 entry, data = await self._cache_entry(info, data)
                 _fill_cached(mail, entry, items)
@@ -251,7 +270,11 @@ class RboxMailbox(api.Mailbox):
                 else:
                     yield await self._load(info, items)
             return
-        window = self.storage.prefetch if items & {FetchItem.DATA, FetchItem.HEADER} else 64
+        if FetchItem.DATA in items:
+            async for mail in self._fetch_bodies(infos, items):
+                yield mail
+            return
+        window = min(self.storage.prefetch, 64)
         pending = collections.deque()
         it = iter(infos)
 
@@ -270,6 +293,72 @@ class RboxMailbox(api.Mailbox):
                 yield mail
         finally:
             for d in pending:   # the consumer stopped early: don't leave errors unhandled
+                d.addErrback(lambda f: None)
+
+    def _batches(self, infos: list):
+        """``infos`` cut into read batches: ``prefetch`` messages, or fewer adding up to
+        BATCH_BYTES (a big message is a batch of its own)."""
+        most = self.storage.prefetch
+        batch: list = []
+        size = 0
+        for info in infos:
+            if batch and (len(batch) >= most or size + info.size > BATCH_BYTES):
+                yield batch
+                batch, size = [], 0
+            batch.append(info)
+            size += info.size
+        if batch:
+            yield batch
+
+    async def _fetch_bodies(self, infos: list, items: frozenset):
+        """Fetch with message data: bodies read a batch per object-store call (one thread job
+        for local files), BATCHES_AHEAD batches in flight, so the reads of the next batches
+        overlap the consumer writing out this one."""
+        cache = self.index.cache
+        simple = items <= _CACHED_ITEMS | {FetchItem.DATA}
+        data_only = items == _DATA_ONLY
+        if simple and not data_only and not cache.loaded:
+            await cache.load_more()
+        pending = collections.deque()
+        batches = self._batches(infos)
+        # A scan bigger than a good part of the body cache would only flush it: nothing read
+        # early in the scan is still there when it is asked for again.
+        keep = sum(i.size for i in infos) <= self.storage.bodies.max_bytes // 4
+
+        def launch():
+            while len(pending) < BATCHES_AHEAD:
+                batch = next(batches, None)
+                if batch is None:
+                    return
+                pending.append((batch, defer.Deferred.fromCoroutine(self._read_bodies(batch, keep))))
+
+        launch()
+        try:
+            while pending:
+                batch, d = pending.popleft()
+                bodies = await d
+                launch()
+                for info, data in zip(batch, bodies):
+                    if type(data) is not bytes:
+                        if data.kind not in (ErrorKind.NOT_FOUND, ErrorKind.CORRUPTED):
+                            raise data
+                        log.error("message {uid} of {user}/{box} unavailable: object {oid}: {e}",
+                                  uid=info.uid, user=self.user.name, box=self.name, oid=info.oid, e=data.detail)
+                        yield api.FetchedMail(info=info, missing=True)
+                        continue
+                    if data_only:
+                        yield api.FetchedMail(info=info, data=data)
+                        continue
+                    if simple:
+                        entry = cache.entries.get(info.oid)
+                        if entry is not None and entry.complete():
+                            mail = api.FetchedMail(info=info, data=data)
+                            _fill_cached(mail, entry, items)
+                            yield mail
+                            continue
+                    yield await self._load(info, items, data)
+        finally:
+            for _, d in pending:   # the consumer stopped early: don't leave errors unhandled
                 d.addErrback(lambda f: None)
 
     async def search(self, program, uids=None) -> list:
