@@ -108,6 +108,28 @@ async def test_fetch_items(ctx):
 
 
 @pytest_twisted.ensureDeferred
+async def test_fetch_whole_bodies_byte_exact(ctx):
+    # CRLF mail is sent as stored (no conversion pass); bare LF becomes CRLF; big literals are
+    # written as pieces of their own, so check the exact bytes around them.
+    big = (b"Subject: big\r\n\r\n" + b"0123456789abcdef" * 4096 + b"\r\n")
+    bare = b"Subject: bare\nX-A: 1\n\nline one\nline two\r\nline three\n"
+    w = await session_with(ctx, mail(1), big, bare, bare * 2000)
+    await w.cmd("SELECT INBOX")
+    w.take()
+    w.send(b"f UID FETCH 1:4 (BODY.PEEK[] FLAGS)\r\n")
+    data = await w.tagged("f")
+    crlf_bare = bare.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+    expected = b"".join(
+        b"* %d FETCH (UID %d BODY[] {%d}\r\n%s FLAGS (\\Recent))\r\n" % (n, n, len(m), m)
+        for n, m in ((1, mail(1)), (2, big), (3, crlf_bare), (4, crlf_bare * 2000)))
+    assert data == expected + b"f OK FETCH completed\r\n"
+    lines = await w.cmd("FETCH 2 (BODY.PEEK[HEADER] BODY.PEEK[]<10.20000> RFC822.SIZE)")
+    assert b"\r\n".join(lines[:-1]) + b"\r\n" == (
+        b"* 2 FETCH (BODY[HEADER] {16}\r\nSubject: big\r\n\r\n BODY[]<10> {20000}\r\n%s RFC822.SIZE %d)\r\n"
+        % (big[10:20010], len(big)))
+
+
+@pytest_twisted.ensureDeferred
 async def test_store_search_copy_move_expunge(ctx):
     w = await session_with(ctx, mail(1), mail(2), mail(3), mail(4))
     await w.cmd("SELECT INBOX")

@@ -35,6 +35,7 @@ MACROS = {
     "FULL": ("FLAGS", "INTERNALDATE", "RFC822.SIZE", "ENVELOPE", "BODY"),
 }
 MAX_PART_DEPTH = 64
+BIG_LITERAL = 16 * 1024     # literals at least this long are written without copying them
 # OBJECTID (RFC 8474), SAVEDATE (RFC 8514), PREVIEW (RFC 8970)
 _EXTENSION_ATTS = {"EMAILID", "THREADID", "SAVEDATE", "PREVIEW"}
 
@@ -209,7 +210,9 @@ def section_data(att: FetchAtt, mail) -> bytes | None:
             return mime.crlf(header)
         return mime.header_fields(header, spec.fields, exclude=spec.text.endswith(".NOT"))
     if not spec.part and not spec.text:
-        return mime.crlf(mail.data)
+        info = mail.info
+        # vsize counts every line end as CRLF: equal to the stored size, there is no bare LF.
+        return mail.data if info.size == info.vsize == len(mail.data) else mime.crlf(mail.data)
     root = mail.parts if mail.parts is not None else mime.parse(mail.data)
     return mime.get_section(mail.data, root, spec.to_mime())
 
@@ -256,7 +259,11 @@ async def fetch(session, tag: str, args: Args, uid: bool = False):
         msn = selected.msn(mail.info.uid)
         if not msn:
             continue
-        writer.write(_response(selected, msn, mail, atts, mail.info.uid in seen_set))
+        response = _response(selected, msn, mail, atts, mail.info.uid in seen_set)
+        if type(response) is bytes:
+            writer.write(response)
+        else:
+            writer.write_pieces(response)
         sent += 1
         if writer.paused:
             await writer.drain()
@@ -282,9 +289,11 @@ async def _fetched(mailbox, uids, items):
             yield FetchedMail(info)
 
 
-def _response(selected, msn: int, mail, atts: list, add_flags: bool) -> bytes:
+def _response(selected, msn: int, mail, atts: list, add_flags: bool) -> bytes | list:
+    """One ``* n FETCH (...)`` response: bytes, or a list of pieces when it holds big literals."""
     info = mail.info
     latest = None
+    big = False
     out = []
     for att in atts:
         kind = att.kind
@@ -324,10 +333,31 @@ def _response(selected, msn: int, mail, atts: list, add_flags: bool) -> bytes:
             if att.partial is not None:
                 offset, length = att.partial
                 data = data[offset:offset + length]
-            out.append(att.label + b" " + literal(data))
+            if len(data) >= BIG_LITERAL:
+                out.append((att.label + b" {%d}\r\n" % len(data), data))
+                big = True
+            else:
+                out.append(att.label + b" " + literal(data))
     if add_flags:
         latest = selected.mailbox.info(info.uid) or info
         out.append(b"FLAGS " + selected.flags(latest))
         if selected.condstore and not any(a.kind == "MODSEQ" for a in atts):
             out.append(b"MODSEQ (%d)" % latest.modseq)
-    return b"* %d FETCH (%s)" % (msn, b" ".join(out)) + CRLF
+    if not big:
+        return b"* %d FETCH (%s)\r\n" % (msn, b" ".join(out))
+    # Big literals stay pieces of their own: the bytes are not copied into the response.
+    pieces = []
+    text = [b"* %d FETCH (" % msn]
+    for n, item in enumerate(out):
+        if n:
+            text.append(b" ")
+        if type(item) is tuple:
+            text.append(item[0])
+            pieces.append(b"".join(text))
+            pieces.append(item[1])
+            text = []
+        else:
+            text.append(item)
+    text.append(b")\r\n")
+    pieces.append(b"".join(text))
+    return pieces
