@@ -23,6 +23,8 @@ _SEEN_BIT = bytes(b & R.FLAG_BITS["\\Seen"] for b in range(256))   # flags byte 
 _CACHED_ITEMS = frozenset((FetchItem.ENVELOPE, FetchItem.BODYSTRUCTURE, FetchItem.BODY,
                            FetchItem.PARTS, FetchItem.CACHED_HEADERS, FetchItem.PREVIEW))
 _DATA_ONLY = frozenset((FetchItem.DATA,))
+_CACHED_COLUMNS = (("envelope", C.ENVELOPE), ("bodystructure", C.BODYSTRUCTURE), ("body", C.BODY),
+                   ("preview", C.PREVIEW))
 BATCH_BYTES = 2 << 20       # body bytes per object-store read batch (at least one message)
 BATCHES_AHEAD = 2           # read batches in flight during a FETCH (each costs a thread hand-off)
 
@@ -294,6 +296,76 @@ class RboxMailbox(api.Mailbox):
         finally:
             for d in pending:   # the consumer stopped early: don't leave errors unhandled
                 d.addErrback(lambda f: None)
+
+    def _positions(self, uids) -> range | list:
+        """Positions in the index state of the UIDs it holds, in the order given."""
+        st = self.index.state
+        suids = st.uids
+        if len(uids) == len(suids) and suids.tolist() == list(uids):
+            return range(len(suids))
+        position = st.position
+        return [p for p in map(position, uids) if p >= 0]
+
+    async def columns(self, uids, names) -> dict:
+        self._check_open()
+        names = set(names)
+        unknown = names - set(api.COLUMNS)
+        if unknown:
+            raise ValueError(f"unknown columns {sorted(unknown)}")
+        cached = [(name, fid) for name, fid in _CACHED_COLUMNS if name in names]
+        cache = self.index.cache
+        if cached and not cache.loaded:
+            await cache.load_more()
+        # Everything from the index state is read before any await (a refresh may change it).
+        st = self.index.state
+        pos = self._positions(uids)
+        whole = type(pos) is range
+        out = {"uid": st.uids.tolist() if whole else [st.uids[p] for p in pos]}
+        if "flags" in names:
+            flag_names, flags, kwmasks = st.flag_names, st.flags, st.kwmasks
+            out["flags"] = [flag_names(flags[p], kwmasks[p]) for p in pos]
+        for name, column in (("modseq", st.modseqs), ("internaldate", st.idates), ("savedate", st.sdates),
+                             ("size", st.sizes), ("vsize", st.vsizes)):
+            if name in names:
+                out[name] = column.tolist() if whole else [column[p] for p in pos]
+        if "guid" in names:
+            guids = st.guids
+            out["guid"] = [guids[16 * p:16 * p + 16].hex() for p in pos]
+        if cached:
+            entries = cache.entries
+            oids = st.oids
+            found = [entries.get(oids[p]) for p in pos]
+            todo = [(k, st.info_at(p)) for k, (p, e) in enumerate(zip(pos, found))
+                    if e is None or not e.complete()]
+            if todo:
+                completed = await self._complete_entries([info for _, info in todo])
+                for (k, _), entry in zip(todo, completed):
+                    found[k] = entry
+            for name, fid in cached:
+                out[name] = [e.get(fid) if e is not None else None for e in found]
+        return out
+
+    async def _complete_entries(self, infos: list) -> list:
+        """Complete cache entries of ``infos`` (computed from their bodies, 64 at a time), None
+        for a message whose object cannot be read."""
+        async def one(info):
+            try:
+                entry, _ = await self._cache_entry(info, None)
+                return entry
+            except StorageError as e:
+                if e.kind not in (ErrorKind.NOT_FOUND, ErrorKind.CORRUPTED):
+                    raise
+                log.error("message {uid} of {user}/{box} unavailable: object {oid}: {e}", uid=info.uid,
+                          user=self.user.name, box=self.name, oid=info.oid, e=e.detail)
+                return None
+        out = []
+        for start in range(0, len(infos), 64):
+            try:
+                out += await defer.gatherResults(
+                    [defer.Deferred.fromCoroutine(one(i)) for i in infos[start:start + 64]], consumeErrors=True)
+            except defer.FirstError as e:
+                e.subFailure.raiseException()
+        return out
 
     def _batches(self, infos: list):
         """``infos`` cut into read batches: ``prefetch`` messages, or fewer adding up to

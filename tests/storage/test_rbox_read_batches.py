@@ -176,3 +176,33 @@ def test_batches_respect_count_and_bytes(small_batches):
     got = [[i.size for i in b] for b in box._batches([Info(s) for s in sizes])]
     assert got == [[10, 10, 10], [10], [rbox_mailbox.BATCH_BYTES], [10, rbox_mailbox.BATCH_BYTES - 15],
                    [10, 10]]
+
+
+@pytest_twisted.ensureDeferred
+async def test_columns_match_the_generic_implementation(small_batches):
+    from mailserver.storage import api
+    from mailserver.storage.api import StoreMode
+    storage = small_batches
+    user = await storage.open_user("eve")
+    mails = [body(n) for n in range(6)]
+    await save(user, "INBOX", *mails)
+    box = await user.open_mailbox("INBOX")
+    await box.store([2, 4], StoreMode.ADD, ["\\Seen", "$Work"])
+    await box.store([5], StoreMode.ADD, ["\\Flagged"])
+    # Message 3: its object is gone and its cache entry lacks fields (to be recomputed).
+    forget_bodies(storage, user, box)
+    await box.index.cache.load_more()
+    box.index.cache.remember(box.info(3).oid, {})
+    await storage.objects.delete(user.namespace, box.info(3).oid)
+    names = set(api.COLUMNS)
+    for uids in ([1, 2, 3, 4, 5, 6], [6, 2, 9, 1], [], [4]):
+        ours = await box.columns(uids, names)
+        generic = await api.Mailbox.columns(box, uids, names)
+        assert ours == generic, uids
+    cols = await box.columns([1, 2, 3], {"flags", "envelope"})
+    assert set(cols) == {"uid", "flags", "envelope"} and cols["uid"] == [1, 2, 3]
+    assert cols["flags"][1] == {"\\Seen", "$Work"} and cols["envelope"][2] is None
+    assert b'"Message 0"' in cols["envelope"][0]
+    assert cols["flags"][0] is cols["flags"][2]          # one object per distinct set
+    with pytest.raises(ValueError):
+        await box.columns([1], {"frobs"})

@@ -90,12 +90,13 @@ def _resync(data: bytes, pos: int) -> int | None:
 class CacheEntry:
     """Cached fields of one object, decoded on first use."""
 
-    __slots__ = ("_payload", "_pos", "_fields")
+    __slots__ = ("_payload", "_pos", "_fields", "_complete")
 
     def __init__(self, payload: bytes, pos: int):
         self._payload = payload
         self._pos = pos
         self._fields = None
+        self._complete = None
 
     def get(self, fid: int) -> bytes | None:
         if self._fields is None:
@@ -104,9 +105,11 @@ class CacheEntry:
 
     def complete(self) -> bool:
         """Every field of ``FIELDS`` is there (older entries may lack newer fields)."""
-        if self._fields is None:
-            self._fields = decode_fields(self._payload, self._pos)
-        return len(self._fields) >= len(FIELDS) and all(f in self._fields for f in FIELDS)
+        if self._complete is None:
+            if self._fields is None:
+                self._fields = decode_fields(self._payload, self._pos)
+            self._complete = all(f in self._fields for f in FIELDS)
+        return self._complete
 
 
 class MessageCache:
