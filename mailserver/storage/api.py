@@ -331,6 +331,28 @@ class Mailbox(abc.ABC):
                 out[name] = values
         return out
 
+    async def search_header_texts(self, uids: Sequence[int], name: str) -> list:
+        """For SEARCH keys on a header field (``mailserver.storage.search.evaluate``): per UID of
+        ``uids``, in order, the decoded values of field ``name`` (case-insensitive), as
+        ``search.header_text`` makes them (casemapped, joined); None where the message has no
+        such field or is not in the mailbox.  A message's header never changes, so formats
+        memoise these; this default reads the header fields each time."""
+        from mailserver.storage import mime, search
+        lname = name.lower()
+        item = FetchItem.CACHED_HEADERS if lname in mime.CACHED_HEADER_FIELDS else FetchItem.HEADER
+        texts = {}
+        async for mail in self.fetch(list(uids), {item}):
+            header = mail.header
+            if item is FetchItem.CACHED_HEADERS:
+                header = mail.cached_headers
+                if mail.cached_header_names is not None and lname not in mail.cached_header_names:
+                    # Too long to be cached for this message: its header has it.
+                    header = None
+                    async for full in self.fetch([mail.info.uid], {FetchItem.HEADER}):
+                        header = full.header
+            texts[mail.info.uid] = search.header_text(search.field_values(header or b"", lname))
+        return [texts.get(u) for u in uids]
+
     @abc.abstractmethod
     async def search(self, program, uids: Sequence[int] | None = None) -> list:
         """UIDs (ascending) of messages in the view (or in ``uids``) matching ``program``, a
