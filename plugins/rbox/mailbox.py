@@ -23,6 +23,8 @@ _SEEN_BIT = bytes(b & R.FLAG_BITS["\\Seen"] for b in range(256))   # flags byte 
 _CACHED_ITEMS = frozenset((FetchItem.ENVELOPE, FetchItem.BODYSTRUCTURE, FetchItem.BODY,
                            FetchItem.PARTS, FetchItem.CACHED_HEADERS, FetchItem.PREVIEW))
 _DATA_ONLY = frozenset((FetchItem.DATA,))
+_UNKNOWN = object()
+MAX_MEMOISED_FIELDS = 16    # header fields whose decoded values SEARCH keeps per mailbox
 _CACHED_COLUMNS = (("envelope", C.ENVELOPE), ("bodystructure", C.BODYSTRUCTURE), ("body", C.BODY),
                    ("preview", C.PREVIEW))
 BATCH_BYTES = 2 << 20       # body bytes per object-store read batch (at least one message)
@@ -343,6 +345,50 @@ class RboxMailbox(api.Mailbox):
                     found[k] = entry
             for name, fid in cached:
                 out[name] = [e.get(fid) if e is not None else None for e in found]
+        return out
+
+    async def search_header_texts(self, uids, name: str) -> list:
+        self._check_open()
+        lname = name.lower()
+        cache = self.index.cache
+        if not cache.loaded:
+            await cache.load_more()
+        memo = cache.derived.get("search:" + lname)
+        if memo is None:
+            if len(cache.derived) >= MAX_MEMOISED_FIELDS:      # clients searching odd fields
+                cache.derived.pop(next(iter(cache.derived)))
+            memo = cache.derived["search:" + lname] = {}
+        cacheable = lname in mime.CACHED_HEADER_FIELDS
+        st = self.index.state
+        oids = st.oids
+        entries = cache.entries
+        positions = (range(len(oids)) if len(uids) == len(oids) and st.uids.tolist() == list(uids)
+                     else [st.position(u) for u in uids])
+        out = []
+        todo = []
+        for k, p in enumerate(positions):
+            if p < 0:
+                out.append(None)
+                continue
+            oid = oids[p]
+            text = memo.get(oid, _UNKNOWN)
+            if text is _UNKNOWN:
+                entry = entries.get(oid)
+                if cacheable and entry is not None and entry.complete() and \
+                        lname in entry.get(C.HEADER_NAMES).decode("ascii").split(","):
+                    text = memo[oid] = search.header_text(search.field_values(bytes(entry.get(C.HEADERS)), lname))
+                else:
+                    todo.append((k, st.uids[p], oid))     # not cached: the header is read
+                    text = None
+            out.append(text)
+        if todo:
+            read = {}
+            async for mail in self.fetch([uid for _, uid, _ in todo], {FetchItem.HEADER}):
+                if not mail.missing and mail.header is not None:
+                    read[mail.info.uid] = search.header_text(search.field_values(mail.header, lname))
+            for k, uid, oid in todo:
+                if uid in read:
+                    out[k] = memo[oid] = read[uid]
         return out
 
     async def _complete_entries(self, infos: list) -> list:

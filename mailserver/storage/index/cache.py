@@ -122,6 +122,9 @@ class MessageCache:
         self.offset = 0
         self.loaded = False
         self._loading = defer.DeferredLock()
+        # Values derived from entries by the mailbox format (e.g. decoded header fields for
+        # SEARCH): {kind: {oid: value}}.  Objects are immutable, so they never go stale.
+        self.derived: dict[str, dict] = {}
 
     async def load_more(self) -> None:
         """Read entries appended since the last call (by this or another process)."""
@@ -164,5 +167,6 @@ class MessageCache:
     def forget(self) -> None:
         """Drop memory (the file stays)."""
         self.entries.clear()
+        self.derived.clear()
         self.offset = 0
         self.loaded = False
