@@ -375,7 +375,7 @@ class RboxMailbox(api.Mailbox):
             if text is _UNKNOWN:
                 entry = entries.get(oid)
                 if cacheable and entry is not None and entry.complete() and \
-                        lname in entry.get(C.HEADER_NAMES).decode("ascii").split(","):
+                        lname in C.header_names(entry.get(C.HEADER_NAMES)):
                     text = memo[oid] = search.header_text(search.field_values(bytes(entry.get(C.HEADERS)), lname))
                 else:
                     todo.append((k, st.uids[p], oid))     # not cached: the header is read
@@ -635,6 +635,6 @@ def _fill_cached(mail: api.FetchedMail, entry, items) -> None:
         mail.parts = mime.Part.from_json(json.loads(entry.get(C.PARTS)))
     if FetchItem.CACHED_HEADERS in items:
         mail.cached_headers = bytes(entry.get(C.HEADERS))
-        mail.cached_header_names = frozenset(entry.get(C.HEADER_NAMES).decode("ascii").split(","))
+        mail.cached_header_names = C.header_names(entry.get(C.HEADER_NAMES))
     if FetchItem.PREVIEW in items:
         mail.preview = entry.get(C.PREVIEW).decode("utf-8")

@@ -29,6 +29,18 @@ FIELDS = (ENVELOPE, BODYSTRUCTURE, BODY, PARTS, HEADER_SIZE, HEADERS, HEADER_NAM
 POP3_UIDL = 9
 
 _FIELD = struct.Struct("<BI")
+_NAME_SETS: dict[bytes, frozenset] = {}
+
+
+def header_names(raw: bytes) -> frozenset:
+    """The HEADER_NAMES field as a set of names (memoised: most messages share a few sets)."""
+    names = _NAME_SETS.get(raw)
+    if names is None:
+        names = frozenset(raw.decode("ascii", "replace").split(","))
+        if len(_NAME_SETS) >= 4096:
+            _NAME_SETS.clear()
+        _NAME_SETS[bytes(raw)] = names
+    return names
 
 
 def encode_entry(oid: str, fields: dict[int, bytes]) -> bytes:
