@@ -22,9 +22,11 @@ from __future__ import annotations
 
 import errno
 import json
+import math
 import queue
 
 from twisted.internet import reactor as default_reactor
+from twisted.internet.defer import TimeoutError as DeferredTimeout
 from twisted.logger import Logger
 
 from mailserver import threads
@@ -118,7 +120,7 @@ class RadosObjectStore(ObjectStore):
 
     def _connect_blocking(self) -> None:
         import rados
-        t = str(self.op_timeout)
+        t = str(max(1, math.ceil(self.op_timeout)))    # librados takes whole seconds
         try:
             cluster = rados.Rados(conffile=self.ceph_conf, name=self.client_name,
                                   conf={"client_mount_timeout": t, "rados_mon_op_timeout": t,
@@ -126,7 +128,7 @@ class RadosObjectStore(ObjectStore):
         except rados.Error as e:
             raise StorageError(ErrorKind.TEMPORARY, f"cannot connect to Ceph at {self.ceph_conf}: {e}") from None
         try:
-            cluster.connect(timeout=max(1, int(self.op_timeout)))
+            cluster.connect(timeout=int(t))
             if not cluster.pool_exists(self.pool):
                 try:
                     cluster.create_pool(self.pool)
@@ -241,7 +243,7 @@ class RadosObjectStore(ObjectStore):
             code = getattr(e, "errno", None)
             if isinstance(code, int) and code > 0:
                 raise storage_error(code, what) from None
-            if type(e).__name__ == "TimeoutError" or "Timeout" in type(e).__name__:
+            if isinstance(e, DeferredTimeout):
                 raise StorageError(ErrorKind.TEMPORARY,
                                    f"{what}: no answer from Ceph within {self.op_timeout:g} s") from None
             raise StorageError(ErrorKind.TEMPORARY, f"{what}: {e}") from None
@@ -331,9 +333,12 @@ class RadosObjectStore(ObjectStore):
 
     async def _read(self, ns, oid, offset, length, what) -> bytes:
         io = self._io(ns)
-        _, payload = await self._aio.submit(
+        rv, payload = await self._aio.submit(
             what, lambda cb: io.aio_read(oid, length, offset, oncomplete=cb))
-        return payload[0]
+        # python-rados only trims its buffer for 0 < rv < length: a read past the end (rv 0)
+        # would hand back `length` bytes of uninitialised memory.
+        data = payload[0]
+        return data if len(data) == rv else data[:rv]
 
     async def _stat(self, ns, oid, what) -> int:
         io = self._io(ns)
