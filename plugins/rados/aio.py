@@ -10,6 +10,7 @@ holds memory for ever.)
 
 from __future__ import annotations
 
+import collections
 import errno
 import os
 
@@ -33,13 +34,33 @@ def storage_error(code: int, what: str) -> StorageError:
     return StorageError(ErrorKind.TEMPORARY, text)
 
 
+class _Op:
+    """One operation in flight: its Deferred, deadline and what to do when librados answers."""
+
+    __slots__ = ("d", "what", "deadline", "ok_errnos", "cleanup")
+
+    def __init__(self, d, what, deadline, ok_errnos, cleanup):
+        self.d, self.what, self.deadline, self.ok_errnos, self.cleanup = d, what, deadline, ok_errnos, cleanup
+
+
 class AioBridge:
-    """Submits librados aio calls and turns their completions into Deferreds on the reactor."""
+    """Submits librados aio calls and turns their completions into Deferreds on the reactor.
+
+    Two costs dominate at high rates and are kept low: waking the reactor from a librados
+    thread (completions are queued and one ``callFromThread`` drains every completion that
+    arrived meanwhile) and per-operation timers (one sweep every ``SWEEP`` seconds expires
+    overdue operations, so a deadline is honoured within ``timeout + SWEEP``).
+    """
+
+    SWEEP = 0.25
 
     def __init__(self, reactor, timeout: float):
         self.reactor = reactor
         self.timeout = timeout
-        self.in_flight: set[Deferred] = set()
+        self.in_flight: dict[Deferred, _Op] = {}
+        self._completed: collections.deque = collections.deque()
+        self._drain_pending = False
+        self._sweeper = None
 
     def submit(self, what: str, start, ok_errnos=frozenset(), cleanup=None) -> Deferred:
         """Start one aio operation and return a Deferred of its outcome.
@@ -55,38 +76,56 @@ class AioBridge:
         write into an operation's buffers until it completes.
         """
         d = Deferred()
-        call_from_thread = self.reactor.callFromThread
+        op = _Op(d, what, self.reactor.seconds() + self.timeout, ok_errnos, cleanup)
+        completed = self._completed
 
         def on_complete(completion, *payload):      # librados thread
-            call_from_thread(finish, completion.get_return_value(), payload)
+            completed.append((op, completion.get_return_value(), payload))
+            if not self._drain_pending:
+                self._drain_pending = True
+                self.reactor.callFromThread(self._drain)
 
-        def finish(rv, payload):                    # reactor thread
-            if cleanup is not None:
-                cleanup()
-            if d.called:                            # deadline passed first
-                return
-            timer.cancel()
-            self.in_flight.discard(d)
-            if rv < 0 and -rv not in ok_errnos:
-                d.errback(storage_error(-rv, what))
-            else:
-                d.callback((rv, payload))
-
-        def expire():
-            self.in_flight.discard(d)
-            d.errback(StorageError(ErrorKind.TEMPORARY,
-                                   f"{what}: no answer from Ceph within {self.timeout:g} s"))
-
-        timer = self.reactor.callLater(self.timeout, expire)
         try:
             start(on_complete)
         except Exception as e:   # rados.Error raised at submission (shut down, bad argument)
-            timer.cancel()
             if cleanup is not None:
                 cleanup()
             code = getattr(e, "errno", None)
             if isinstance(code, int) and code > 0:
                 raise storage_error(code, what) from e
             raise StorageError(ErrorKind.TEMPORARY, f"{what}: {e}") from e
-        self.in_flight.add(d)
+        self.in_flight[d] = op
+        if self._sweeper is None:
+            self._sweeper = self.reactor.callLater(self.SWEEP, self._sweep)
         return d
+
+    def _drain(self) -> None:
+        """Reactor thread: fire the Deferreds of every completion queued so far."""
+        self._drain_pending = False            # before popping: a later append schedules anew
+        completed = self._completed
+        while completed:
+            op, rv, payload = completed.popleft()
+            if op.cleanup is not None:
+                op.cleanup()
+            if self.in_flight.pop(op.d, None) is None:
+                continue                       # the deadline passed first; late answer dropped
+            if rv < 0 and -rv not in op.ok_errnos:
+                op.d.errback(storage_error(-rv, op.what))
+            else:
+                op.d.callback((rv, payload))
+
+    def _sweep(self) -> None:
+        self._sweeper = None
+        now = self.reactor.seconds()
+        overdue = [op for op in self.in_flight.values() if op.deadline <= now]
+        for op in overdue:
+            del self.in_flight[op.d]
+            op.d.errback(StorageError(ErrorKind.TEMPORARY,
+                                      f"{op.what}: no answer from Ceph within {self.timeout:g} s"))
+        if self.in_flight:
+            self._sweeper = self.reactor.callLater(self.SWEEP, self._sweep)
+
+    def stop(self) -> None:
+        if self._sweeper is not None and self._sweeper.active():
+            self._sweeper.cancel()
+        self._sweeper = None

@@ -42,7 +42,7 @@ DYING_KEY = "dying"          # omap key set while the last reference's removal d
 DEFAULT_MAX_WRITE_SIZE = 90 * 1024 * 1024        # Ceph's osd_max_write_size default (90 MB)
 DEFAULT_MAX_OBJECT_SIZE = 128 * 1024 * 1024      # Ceph's osd_max_object_size default
 WRITE_OVERHEAD = 64 * 1024   # room left in a write for xattrs and omap (osd_max_write_size counts them)
-FIRST_READ = 256 * 1024      # a whole-object read first asks for this much (most mails are smaller)
+FIRST_READ = 64 * 1024       # a whole-object read first asks for this much (most mails are smaller)
 THREADS = "rados"
 THREAD_COUNT = 2
 
@@ -171,12 +171,13 @@ class RadosObjectStore(ObjectStore):
 
     async def stop(self) -> None:
         """Wait (up to op_timeout) for in-flight operations, then disconnect."""
-        pending = list(self._aio.in_flight)
+        pending = list(self._aio.in_flight)     # each fails by its deadline at the latest
         for d in pending:
             try:
                 await d
             except Exception:
                 pass                        # the operation's own caller reports it
+        self._aio.stop()
         if self._cluster is not None:
             cluster, ioctxs = self._cluster, self._all_ioctxs
             self._cluster, self._ioctx, self._all_ioctxs = None, None, []

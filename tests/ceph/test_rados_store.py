@@ -91,7 +91,7 @@ async def test_version_xattr_added_when_missing(make_rados_store, unique):
 async def test_ranges(make_rados_store, unique):
     store = await make_rados_store(rbox={"body_cache_bytes": 0})    # every read goes to the OSD
     ns = store.namespace(unique)
-    data = bytes(range(256)) * 1500                  # 384000 bytes: more than one first read
+    data = bytes(range(256)) * 1500                  # 384000 bytes: more than one first read (64 KiB)
     await store.put(ns, "big", data, {})
     await store.put(ns, "small", BODY, {})
     assert await store.get(ns, "big") == data
