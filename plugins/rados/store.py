@@ -105,6 +105,7 @@ class RadosObjectStore(ObjectStore):
 
     async def start(self) -> None:
         """Connect (within ``op_timeout``), create the pool if missing, read the OSD limits."""
+        threads.pool(THREADS, THREAD_COUNT)      # one thread per thread-owned Ioctx
         d = threads.run(THREADS, self._connect_blocking)
         d.addTimeout(self.op_timeout + 5, self._reactor)   # client_mount_timeout normally ends it first
         try:
