@@ -57,13 +57,22 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _tail(path: str, lines: int = 25) -> str:
-    try:
-        with open(path, "rb") as f:
-            f.seek(0, os.SEEK_END)
-            f.seek(max(0, f.tell() - 16384))
-            text = f.read().decode("utf-8", "replace")
-    except OSError:
+def _tail(path: str, lines: int = 25, wait: float = 1.0) -> str:
+    """The last lines of a daemon's log.  A dying daemon's log thread may not have written its
+    last words yet: wait (up to ``wait`` s) for an error-level (-1) line to appear."""
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            with open(path, "rb") as f:
+                f.seek(0, os.SEEK_END)
+                f.seek(max(0, f.tell() - 16384))
+                text = f.read().decode("utf-8", "replace")
+        except OSError:
+            text = None
+        if (text and " -1 " in text) or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    if text is None:
         return f"(no log at {path})"
     return "\n".join(text.splitlines()[-lines:]) or f"(empty log {path})"
 
