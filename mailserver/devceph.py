@@ -82,17 +82,23 @@ class DevCeph:
 
     ``memstore_bytes`` is the capacity the OSD announces (memory is only used as data is
     written).  ``osd_max_write_size_mb`` / ``osd_max_object_size`` let tests lower the OSD's
-    limits; None keeps Ceph's defaults (90 MB, 128 MiB).
+    limits; None keeps Ceph's defaults (90 MB, 128 MiB).  ``auth="cephx"`` turns
+    authentication on (keys in DIR/keyring and the daemons' data directories), to test
+    clients with restricted capabilities (``add_client``).
     """
 
     def __init__(self, directory: str, *, memstore_bytes: int = 4 << 30,
                  osd_max_write_size_mb: int | None = None, osd_max_object_size: int | None = None,
-                 log=None):
+                 auth: str = "none", log=None):
         self.directory = os.path.abspath(directory)
         self.conf_path = os.path.join(self.directory, CONF_NAME)
         self.memstore_bytes = memstore_bytes
         self.osd_max_write_size_mb = osd_max_write_size_mb
         self.osd_max_object_size = osd_max_object_size
+        if auth not in ("none", "cephx"):
+            raise ValueError("auth must be 'none' or 'cephx'")
+        self.auth = auth
+        self.keyring = os.path.join(self.directory, "keyring")    # client.admin (and clients added)
         self.fs_name = FS_NAME
         self.probe_pool = PROBE_POOL
         self.mon_port: int | None = None
@@ -206,7 +212,7 @@ class DevCeph:
             limits += f"osd max write size = {self.osd_max_write_size_mb}\n"
         if self.osd_max_object_size is not None:
             limits += f"osd max object size = {self.osd_max_object_size}\n"
-        conf = f"""# Written by `mailserver dev-ceph` -- a throwaway test cluster.  Auth is OFF.
+        conf = f"""# Written by `mailserver dev-ceph` -- a throwaway test cluster.  Auth: {self.auth}.
 [global]
 fsid = {fsid}
 mon host = v2:127.0.0.1:{self.mon_port}
@@ -217,9 +223,9 @@ ms bind ipv4 = true
 ms bind ipv6 = false
 ms bind msgr1 = false
 ms bind msgr2 = true
-auth cluster required = none
-auth service required = none
-auth client required = none
+auth cluster required = {self.auth}
+auth service required = {self.auth}
+auth client required = {self.auth}
 auth allow insecure global id reclaim = false
 mon warn on insecure global id reclaim allowed = false
 mon warn on pool no redundancy = false
@@ -233,7 +239,7 @@ osd pool default pgp num = 8
 osd pool default pg autoscale mode = off
 run dir = {d}/run
 crash dir = {d}/crash
-keyring = {d}/keyring
+keyring = {self.keyring}
 log to stderr = false
 err to stderr = true
 log to syslog = false
@@ -242,6 +248,7 @@ mon cluster log file = {d}/log/cluster.log
 
 [mon]
 mon data = {d}/$name
+keyring = {d}/$name/keyring
 admin socket = {d}/run/$name.asok
 pid file = {d}/run/$name.pid
 log file = {d}/log/$name.log
@@ -250,6 +257,7 @@ mon data avail crit = 0
 
 [osd]
 osd data = {d}/$name
+keyring = {d}/$name/keyring
 osd objectstore = memstore
 memstore device bytes = {self.memstore_bytes}
 admin socket = {d}/run/$name.asok
@@ -258,12 +266,14 @@ log file = {d}/log/$name.log
 
 [mgr]
 mgr data = {d}/$name
+keyring = {d}/$name/keyring
 admin socket = {d}/run/$name.asok
 pid file = {d}/run/$name.pid
 log file = {d}/log/$name.log
 
 [mds]
 mds data = {d}/$name
+keyring = {d}/$name/keyring
 admin socket = {d}/run/$name.asok
 pid file = {d}/run/$name.pid
 log file = {d}/log/$name.log
@@ -309,8 +319,11 @@ log file = /dev/null
         monmap = self._path("monmap")
         self._run(["monmaptool", "--create", "--clobber", "--fsid", fsid,
                    "--addv", "a", f"[v2:127.0.0.1:{self.mon_port}]", monmap], "monmaptool")
-        self._run(["ceph-mon", "-c", self.conf_path, "--mkfs", "-i", "a", "--monmap", monmap],
-                  "ceph-mon --mkfs")
+        mkfs = ["ceph-mon", "-c", self.conf_path, "--mkfs", "-i", "a", "--monmap", monmap]
+        if self.auth == "cephx":
+            self._make_initial_keys()
+            mkfs += ["--keyring", self._path("mon-initial.keyring")]
+        self._run(mkfs, "ceph-mon --mkfs")
         self._start_daemon("mon.a")
 
         import rados
@@ -327,8 +340,21 @@ log file = /dev/null
             out = self._mon(cluster, {"prefix": "osd new", "uuid": osd_uuid})
             if out.strip() != b"0":
                 raise DevCephError(f"osd new returned id {out!r}, expected 0")
+            if self.auth == "cephx":        # the OSD's key must exist before its mkfs asks the mon
+                osd_keyring = self._path("osd.0", "keyring")
+                self._run(["ceph-authtool", "--create-keyring", osd_keyring, "--gen-key", "-n", "osd.0"],
+                          "ceph-authtool (osd.0)")
+                with open(osd_keyring, "rb") as f:
+                    self._mon_in(cluster, {"prefix": "auth add", "entity": "osd.0",
+                                           "caps": ["mon", "allow profile osd", "mgr", "allow profile osd",
+                                                    "osd", "allow *"]}, f.read())
             self._run(["ceph-osd", "-c", self.conf_path, "-i", "0", "--mkfs", "--osd-uuid", osd_uuid],
                       "ceph-osd --mkfs")
+            if self.auth == "cephx":
+                self._daemon_key(cluster, "mgr.x", ["mon", "allow profile mgr", "osd", "allow *",
+                                                    "mds", "allow *"])
+                self._daemon_key(cluster, "mds.a", ["mon", "allow profile mds", "osd", "allow rwx",
+                                                    "mds", "allow", "mgr", "allow profile mds"])
             self._start_daemon("osd.0")
             self._start_daemon("mgr.x")   # not needed for I/O; it comes up while we go on
             for pool, pg in ((PROBE_POOL, 8), (FS_METADATA_POOL, 8), (FS_DATA_POOL, 8)):
@@ -345,6 +371,40 @@ log file = /dev/null
             cluster.shutdown()
         self._wait_mountable(deadline)
         self._log(f"cluster ready after {time.monotonic() - t0:.1f} s")
+
+    def _make_initial_keys(self) -> None:
+        """cephx: the mon. key and client.admin's, in the keyring the monitor is created with."""
+        initial = self._path("mon-initial.keyring")
+        self._run(["ceph-authtool", "--create-keyring", initial, "--gen-key", "-n", "mon.",
+                   "--cap", "mon", "allow *"], "ceph-authtool (mon.)")
+        self._run(["ceph-authtool", "--create-keyring", self.keyring, "--gen-key", "-n", "client.admin",
+                   "--cap", "mon", "allow *", "--cap", "osd", "allow *", "--cap", "mds", "allow *",
+                   "--cap", "mgr", "allow *"], "ceph-authtool (client.admin)")
+        self._run(["ceph-authtool", initial, "--import-keyring", self.keyring], "ceph-authtool (import)")
+
+    def _daemon_key(self, cluster, entity: str, caps: list[str]) -> None:
+        keyring = self._mon(cluster, {"prefix": "auth get-or-create", "entity": entity, "caps": caps})
+        with open(self._path(entity, "keyring"), "wb") as f:
+            f.write(keyring)
+
+    def add_client(self, name: str, caps: list[str]) -> None:
+        """cephx: create ``client.NAME``-style entity ``name`` with ``caps`` (``["mon", "allow r",
+        "osd", "allow rw pool=x"]``) and append its key to DIR/keyring, which ceph.conf names."""
+        import rados
+        cluster = rados.Rados(conffile=self.conf_path)
+        cluster.connect(timeout=15)
+        try:
+            keyring = self._mon(cluster, {"prefix": "auth get-or-create", "entity": name, "caps": caps})
+        finally:
+            cluster.shutdown()
+        with open(self.keyring, "ab") as f:
+            f.write(b"\n" + keyring)
+
+    def _mon_in(self, cluster, cmd: dict, inbuf: bytes) -> bytes:
+        ret, out, err = cluster.mon_command(json.dumps(cmd), inbuf, timeout=15)
+        if ret != 0:
+            raise DevCephError(f"ceph {cmd['prefix']} failed: {err} ({ret})")
+        return out
 
     def _mon(self, cluster, cmd: dict) -> bytes:
         ret, out, err = cluster.mon_command(json.dumps(cmd), b"", timeout=15)

@@ -138,7 +138,11 @@ class RadosObjectStore(ObjectStore):
                     pass
             ioctx = cluster.open_ioctx(self.pool)
             if "mailserver" not in ioctx.application_list():
-                ioctx.application_enable("mailserver", force=True)
+                try:
+                    ioctx.application_enable("mailserver", force=True)
+                except rados.Error as e:    # a client with read-only mon caps: the admin's job
+                    log.warn("rados: cannot tag pool {pool} with application 'mailserver': {e}",
+                             pool=self.pool, e=e)
             self._read_limits(cluster)
         except rados.Error as e:
             cluster.shutdown()
