@@ -156,21 +156,44 @@ class RadosObjectStore(ObjectStore):
             self._thread_ioctxs.put(extra)
 
     def _read_limits(self, cluster) -> None:
-        """The OSDs' write and object size limits, from the monitors' configuration database
-        (which answers with Ceph's defaults when nothing is set); a smaller configured value wins."""
-        def osd_option(name: str, unit: int) -> int | None:
-            try:
-                ret, out, _ = cluster.mon_command(json.dumps({"prefix": "config get", "who": "osd",
-                                                              "key": name}), b"", timeout=self.op_timeout)
-                return int(out.decode().strip()) * unit if ret == 0 else None
-            except (ValueError, TypeError, UnicodeDecodeError):
-                return None
-            except Exception as e:   # rados.Error: permission (cephx caps) or old monitor
-                log.warn("rados: cannot read {name} from the cluster: {e}", name=name, e=e)
-                return None
+        """The OSDs' write and object size limits; a smaller configured value wins.
 
-        write = osd_option("osd_max_write_size", 1024 * 1024) or DEFAULT_MAX_WRITE_SIZE
-        obj = osd_option("osd_max_object_size", 1) or DEFAULT_MAX_OBJECT_SIZE
+        Asked first of a running OSD (``tell osd.N config get``: it sees values set in the
+        OSDs' own ceph.conf; needs osd ``allow *``), else of the monitors' configuration database
+        (which answers with Ceph's defaults when nothing is set there), else Ceph's defaults."""
+        timeout = max(1, math.ceil(self.op_timeout))
+
+        def command(send, *target, cmd: dict) -> bytes | None:
+            try:
+                ret, out, _ = send(*target, json.dumps(cmd), b"", timeout=timeout)
+            except Exception:        # rados.Error: cephx caps, OSD down
+                return None
+            return out if ret == 0 else None
+
+        out = command(cluster.mon_command, cmd={"prefix": "osd ls", "format": "json"})
+        try:
+            osd_ids = json.loads(out) if out else []
+        except ValueError:
+            osd_ids = []
+
+        def osd_option(name: str) -> int | None:
+            try:
+                if osd_ids:
+                    out = command(cluster.osd_command, osd_ids[0],
+                                  cmd={"prefix": "config get", "var": name})
+                    if out:
+                        return int(json.loads(out)[name])
+                out = command(cluster.mon_command, cmd={"prefix": "config get", "who": "osd", "key": name})
+                if out:
+                    return int(out.decode().strip())
+            except (ValueError, TypeError, KeyError, UnicodeDecodeError):
+                pass
+            log.warn("rados: cannot read {name} from the cluster; assuming Ceph's default", name=name)
+            return None
+
+        write_mb = osd_option("osd_max_write_size")
+        write = write_mb * 1024 * 1024 if write_mb else DEFAULT_MAX_WRITE_SIZE
+        obj = osd_option("osd_max_object_size") or DEFAULT_MAX_OBJECT_SIZE
         self.max_write_size = min(write, self._want_write_size) if self._want_write_size else write
         self._max_object_size = min(obj, self._want_object_size) if self._want_object_size else obj
 

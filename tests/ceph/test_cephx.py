@@ -20,7 +20,9 @@ MAIL_CAPS = ["mon", "allow r",
 
 @pytest.fixture(scope="module")
 def cephx_cluster(tmp_path_factory):
-    cluster = DevCeph(str(tmp_path_factory.mktemp("cephx") / "cluster"), auth="cephx")
+    # Also lowered OSD limits, enforced by the OSD itself: the driver must discover them.
+    cluster = DevCeph(str(tmp_path_factory.mktemp("cephx") / "cluster"), auth="cephx",
+                      osd_max_write_size_mb=4, osd_max_object_size=12 << 20)   # 4 MB: Ceph's minimum
     try:
         cluster.start()
     except DevCephError as e:
@@ -85,3 +87,55 @@ async def test_unknown_client_and_missing_caps(cephx_cluster):
         assert "Operation not permitted" in info.value.detail
     finally:
         await no_pool.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_driver_discovers_and_respects_the_osd_limits(cephx_cluster):
+    """The OSDs here take at most 4 MB per write and 12 MiB per object (their ceph.conf)."""
+    import os
+    admin = RadosObjectStore(ceph_conf=cephx_cluster.conf_path, pool="mailx", op_timeout=5,
+                             body_cache_bytes=0)
+    await admin.start()
+    try:
+        assert admin.max_write_size == 4 << 20
+        assert admin.max_object_size == 12 << 20
+        ns = admin.namespace("carol")
+        data = os.urandom(10 << 20)                 # three OSD writes
+        await admin.put(ns, "big", data, {})
+        assert await admin.get(ns, "big") == data
+        with pytest.raises(StorageError) as info:
+            await admin.put(ns, "huge", b"x" * ((12 << 20) + 1), {})
+        assert info.value.kind is ErrorKind.TOO_BIG
+    finally:
+        await admin.stop()
+    # a client without "osd allow *" cannot ask an OSD: it falls back to the mon's database
+    # (Ceph's defaults here), so its configured values, below the real limits, are what count
+    mail = RadosObjectStore(ceph_conf=cephx_cluster.conf_path, client_name="client.mail", pool="mailx",
+                            op_timeout=5, max_write_size=1 << 20, max_object_size=8 << 20)
+    await mail.start()
+    try:
+        assert mail.max_write_size == 1 << 20 and mail.max_object_size == 8 << 20
+        data = os.urandom(3 << 20)
+        await mail.put(mail.namespace("dave"), "m", data, {})
+        assert await mail.get(mail.namespace("dave"), "m") == data
+    finally:
+        await mail.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_osd_refusing_an_oversized_write_is_too_big(cephx_cluster):
+    """A client that cannot learn the OSD limit assumes 90 MB; the OSD's EFBIG for a 5 MB write
+    then comes back as TOO_BIG, and nothing is left behind (the op was atomic)."""
+    import os
+    mail = RadosObjectStore(ceph_conf=cephx_cluster.conf_path, client_name="client.mail", pool="mailx",
+                            op_timeout=5)
+    await mail.start()
+    try:
+        assert mail.max_write_size == 90 << 20               # what it could learn
+        ns = mail.namespace("erin")
+        with pytest.raises(StorageError) as info:
+            await mail.put(ns, "m", os.urandom(5 << 20), {})
+        assert info.value.kind is ErrorKind.TOO_BIG, info.value
+        assert await mail.list(ns) == []
+    finally:
+        await mail.stop()
