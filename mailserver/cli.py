@@ -39,6 +39,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--password", "-p", help="password (default: asked on the terminal)")
     p.add_argument("--list", "-l", action="store_true", help="list the supported schemes")
 
+    p = sub.add_parser("force-resync", help="rebuild a user's index from the mail objects and checkpoints")
+    _config_arg(p)
+    p.add_argument("user")
+    p.add_argument("mailbox", nargs="?")
+
+    p = sub.add_parser("rbox", help="inspect and clean rbox object storage")
+    _config_arg(p)
+    rsub = p.add_subparsers(dest="rbox_command", required=True, metavar="ACTION")
+    r = rsub.add_parser("ls", help="list a user's objects with their metadata")
+    r.add_argument("user")
+    r = rsub.add_parser("get", help="write one object's data to stdout")
+    r.add_argument("user")
+    r.add_argument("oid")
+    r = rsub.add_parser("gc", help="remove objects and references no index refers to")
+    r.add_argument("--dry-run", action="store_true", help="only report")
+    r.add_argument("--grace", type=float, help="seconds an unreferenced object is left alone (default [rbox] gc_grace)")
+
     p = sub.add_parser("dev-ceph", help="a throwaway one-node Ceph cluster for tests and trials")
     p.add_argument("action", choices=["start", "stop", "status"])
     p.add_argument("--dir", default="/tmp/mailserver-dev-ceph", help="where the cluster keeps its data")
@@ -54,6 +71,8 @@ def main(argv: list[str] | None = None) -> int:
         "config": _config,
         "pw": _pw,
         "dev-ceph": _dev_ceph,
+        "force-resync": _admin,
+        "rbox": _admin,
     }[args.command]
     return handler(args)
 
@@ -102,6 +121,13 @@ def _pw(args) -> int:
         print(f"mailserver pw: {e}", file=sys.stderr)
         return 2
     return 0
+
+
+def _admin(args) -> int:
+    """Storage admin commands: run against the configured storage in a reactor of their own."""
+    cfg = _load_config(args.config)
+    from mailserver import admin
+    return admin.run(cfg, args)
 
 
 def _dev_ceph(args) -> int:

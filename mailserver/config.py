@@ -159,6 +159,10 @@ SCHEMA: dict[str, dict[str, Key]] = {
                                   "Rewrite a mailbox's snapshot when its log grows past this many bytes."),
         "body_cache_bytes": Key(int, 64 * 1024 * 1024, non_negative, "In-memory cache of recent message bodies."),
         "prefetch": Key(int, 16, positive, "Message bodies read ahead during FETCH and SEARCH."),
+        "checkpoint_interval": Key(float, 60.0, non_negative,
+                                   "Seconds between index checkpoints into the object store (0: only at close)."),
+        "gc_grace": Key(float, 3600.0, non_negative,
+                        "Seconds before `rbox gc` removes an object no index refers to."),
     },
 }
 

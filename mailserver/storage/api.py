@@ -106,6 +106,9 @@ class FetchedMail:
     Cached fields come from the index cache (computed once at save time):
       ``envelope``, ``bodystructure``, ``body`` -- IMAP syntax strings (RFC 3501 section 7.4.2)
       ``parts`` -- the MIME part tree with byte offsets (``mailserver.storage.mime.Part``)
+      ``cached_headers`` -- raw lines of the commonly used header fields, and
+      ``cached_header_names`` -- the lowercased field names they cover (a field not named there
+      needs ``header``)
     Body data, read from the object store:
       ``data`` -- the whole message as stored
       ``header`` -- the message header block, including the blank line that ends it
@@ -117,6 +120,8 @@ class FetchedMail:
     bodystructure: str | None = None
     body: str | None = None
     parts: object | None = None
+    cached_headers: bytes | None = None
+    cached_header_names: frozenset | None = None
     data: bytes | None = None
     header: bytes | None = None
     missing: bool = False
@@ -129,6 +134,7 @@ class FetchItem(str, enum.Enum):
     BODYSTRUCTURE = "bodystructure"
     BODY = "body"
     PARTS = "parts"
+    CACHED_HEADERS = "cached_headers"
     HEADER = "header"
     DATA = "data"
 

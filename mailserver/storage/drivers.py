@@ -91,6 +91,29 @@ class ObjectStore(abc.ABC):
         """Every object id in a namespace."""
 
 
+    # --- small mutable objects (index checkpoints) ---------------------------------------------
+    @abc.abstractmethod
+    async def put_state(self, ns: str, name: str, data: bytes) -> None:
+        """Replace a small mutable object (a mailbox's index checkpoint), durably.  These live
+        apart from mail objects: ``list`` never returns them."""
+
+    @abc.abstractmethod
+    async def get_state(self, ns: str, name: str) -> bytes | None:
+        """A mutable object's content, or None."""
+
+    @abc.abstractmethod
+    async def list_states(self, ns: str) -> list[str]:
+        """Names of the mutable objects in a namespace."""
+
+    @abc.abstractmethod
+    async def delete_state(self, ns: str, name: str) -> None:
+        """Remove a mutable object; missing is not an error."""
+
+    @abc.abstractmethod
+    async def list_namespaces(self) -> list[str]:
+        """Every namespace holding objects (for `rbox gc` over all users)."""
+
+
 class IndexLock(abc.ABC):
     """A held exclusive lock on an index file, across processes and hosts."""
 
@@ -129,6 +152,39 @@ class IndexStore(abc.ABC):
     async def append(self, path: str, data: bytes) -> int:
         """Append to a file (created if missing, parents too); returns the offset written at.
         Not durable until ``sync``.  Callers hold the file's lock."""
+
+    async def append_at(self, path: str, offset: int, data: bytes, *, lock: str,
+                        cut_tail_at_size: int | None = None) -> tuple[bool, bytes | None]:
+        """Compare-and-append, the one write primitive of the index log.
+
+        Holding the lock named ``lock``: if the file's size is ``offset`` (a missing file counts as
+        size 0), append ``data`` and return ``(True, None)``.  If its size is ``cut_tail_at_size``,
+        first cut it back to ``offset`` (the caller saw a torn tail there), then append.  Otherwise
+        append nothing and return ``(False, tail)`` with the bytes from ``offset`` to the end, or
+        ``(False, None)`` if the file is missing while ``offset`` > 0.  Not durable until ``sync``.
+
+        This default takes the lock and makes several calls; drivers override it to do the
+        whole thing in one round trip.
+        """
+        held = await self.lock(lock)
+        try:
+            size = await self.size(path)
+            if size is None and offset > 0:
+                return False, None
+            size = size or 0
+            if size != offset and cut_tail_at_size is not None and size == cut_tail_at_size:
+                await self.truncate(path, offset)
+                size = offset
+            if size != offset:
+                return False, await self.read(path, offset)
+            await self.append(path, data)
+            return True, None
+        finally:
+            await held.release()
+
+    async def truncate(self, path: str, size: int) -> None:
+        """Cut a file back to ``size`` bytes (only under its lock, to drop a torn tail)."""
+        raise NotImplementedError(f"{type(self).__name__} cannot truncate")
 
     @abc.abstractmethod
     async def sync(self, paths: Iterable[str]) -> None:

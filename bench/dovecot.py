@@ -1,0 +1,115 @@
+"""Dovecot 2.3 from Debian's packages as a side-by-side baseline: Maildir, loopback, its own
+temporary directory, started and stopped by the benchmark (never the system service)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import time
+
+
+def free_port() -> int:
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+class Dovecot:
+    def __init__(self, base: str, users: list[tuple[str, str]]):
+        if not shutil.which("dovecot"):
+            raise RuntimeError("dovecot is not installed: apt-get install dovecot-imapd dovecot-pop3d dovecot-lmtpd")
+        self.base = base
+        self.ports = {"imap": free_port(), "pop3": free_port(), "lmtp": free_port()}
+        self.conf = os.path.join(base, "dovecot.conf")
+        os.chmod(base, 0o755)   # its auth process runs as the dovecot user
+        os.makedirs(os.path.join(base, "run"), exist_ok=True)
+        os.makedirs(os.path.join(base, "mail"), exist_ok=True)
+        shutil.chown(os.path.join(base, "mail"), "nobody", "nogroup")   # mail is stored as nobody
+        with open(os.path.join(base, "passwd"), "w") as f:
+            for user, pw in users:
+                f.write(f"{user}:{{PLAIN}}{pw}::::::\n")
+        with open(self.conf, "w") as f:
+            f.write(f"""
+base_dir = {base}/run
+state_dir = {base}/state
+log_path = {base}/dovecot.log
+protocols = imap pop3 lmtp
+listen = 127.0.0.1
+ssl = no
+disable_plaintext_auth = no
+auth_mechanisms = plain
+first_valid_uid = 1
+mail_location = maildir:{base}/mail/%u
+default_login_user = dovenull
+default_internal_user = dovecot
+passdb {{
+  driver = passwd-file
+  args = {base}/passwd
+}}
+userdb {{
+  driver = static
+  args = uid=nobody gid=nogroup home={base}/mail/%u
+}}
+service imap-login {{
+  inet_listener imap {{
+    port = {self.ports['imap']}
+  }}
+  inet_listener imaps {{
+    port = 0
+  }}
+}}
+service pop3-login {{
+  inet_listener pop3 {{
+    port = {self.ports['pop3']}
+  }}
+  inet_listener pop3s {{
+    port = 0
+  }}
+}}
+service lmtp {{
+  inet_listener lmtp {{
+    address = 127.0.0.1
+    port = {self.ports['lmtp']}
+  }}
+}}
+protocol lmtp {{
+  postmaster_address = postmaster@example.org
+}}
+""")
+        self.proc: subprocess.Popen | None = None
+
+    def start(self, timeout: float = 20.0) -> None:
+        self.proc = subprocess.Popen(["dovecot", "-F", "-c", self.conf], stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", self.ports["lmtp"]), 0.5).close()
+                socket.create_connection(("127.0.0.1", self.ports["imap"]), 0.5).close()
+                return
+            except OSError:
+                if self.proc.poll() is not None:
+                    break
+                time.sleep(0.1)
+        raise RuntimeError(f"dovecot did not start; see {self.base}/dovecot.log")
+
+    def pids(self) -> list[int]:
+        """Dovecot's processes (master and children), for CPU and memory accounting."""
+        if self.proc is None:
+            return []
+        out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(self.proc.pid)], capture_output=True, text=True)
+        return [self.proc.pid] + [int(p) for p in out.stdout.split()]
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+            self.proc = None

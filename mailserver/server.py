@@ -1,0 +1,132 @@
+"""``mailserver serve``: one reactor serving IMAP, POP3 and LMTP over the configured storage.
+
+Start-up: logging, storage (connects to its backends), authenticator, then the listeners; any
+failure is one clear log line and exit status 1.  The addresses actually bound are written to
+``STATE_DIR/listeners.json`` (tests and the demo read it).  SIGTERM/SIGINT: stop accepting,
+let in-flight writes finish (bounded by ``[server] shutdown_timeout``), say goodbye, exit 0.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import signal
+
+from twisted.internet import defer, reactor
+from twisted.logger import Logger
+
+from mailserver import endpoints, log as logsetup, plugins
+from mailserver.context import ServerContext
+from mailserver.storage.errors import StorageError
+
+log = Logger(namespace="mailserver.server")
+
+PROTOCOLS = ("imap", "pop3", "lmtp")
+
+
+class Server:
+    def __init__(self, config):
+        self.config = config
+        self.ctx: ServerContext | None = None
+        self.ports: list = []
+        self.exit_code = 0
+        self._stopping = False
+
+    async def start(self) -> None:
+        cfg = self.config
+        storage_cls = plugins.load(plugins.MAILBOX_FORMATS, cfg.storage.format)
+        storage = storage_cls.from_config(cfg, plugins)
+        await storage.start()
+        from mailserver.auth.service import build_authenticator
+        auth = build_authenticator(cfg)
+        self.ctx = ServerContext(config=cfg, storage=storage, auth=auth)
+        bound = {}
+        for name in PROTOCOLS:
+            module = importlib.import_module(f"mailserver.protocols.{name}")
+            factory = module.build_factory(self.ctx)
+            bound[name] = []
+            for spec in getattr(cfg, name).listen:
+                port = await endpoints.server_endpoint(reactor, spec).listen(factory)
+                self.ports.append(port)
+                address = _address(port, spec)
+                bound[name].append(address)
+                log.info("{protocol} listening on {address}", protocol=name.upper(), address=address)
+        _write_listeners(cfg.server.state_dir, bound)
+
+    async def stop(self) -> None:
+        """Graceful stop: no new connections, wait for writes, then close what is left."""
+        if self._stopping or self.ctx is None:
+            return
+        self._stopping = True
+        self.ctx.stopping = True
+        log.info("shutting down: {n} connections open", n=len(self.ctx.connections))
+        await defer.DeferredList([defer.maybeDeferred(p.stopListening) for p in self.ports])
+        storage_stop = defer.Deferred.fromCoroutine(self.ctx.storage.stop())
+        timeout = reactor.callLater(self.config.server.shutdown_timeout, storage_stop.cancel)
+        try:
+            await storage_stop
+        except defer.CancelledError:
+            log.error("in-flight writes did not finish within {t}s", t=self.config.server.shutdown_timeout)
+        except Exception:
+            log.failure("error while stopping storage")
+        finally:
+            if timeout.active():
+                timeout.cancel()
+        for proto in list(self.ctx.connections):
+            try:
+                if hasattr(proto, "shutdown"):
+                    proto.shutdown()
+                else:
+                    proto.transport.loseConnection()
+            except Exception:
+                log.failure("closing a connection at shutdown")
+        log.info("stopped")
+
+
+def _address(port, spec: str) -> str:
+    host = port.getHost()
+    if hasattr(host, "port"):
+        h = host.host
+        return f"[{h}]:{host.port}" if ":" in h else f"{h}:{host.port}"
+    return spec
+
+
+def _write_listeners(state_dir: str, bound: dict) -> None:
+    try:
+        os.makedirs(state_dir, 0o700, exist_ok=True)
+        tmp = os.path.join(state_dir, "listeners.json.tmp")
+        with open(tmp, "w") as f:
+            json.dump(bound, f)
+        os.replace(tmp, os.path.join(state_dir, "listeners.json"))
+    except OSError as e:
+        log.warn("cannot write {dir}/listeners.json: {e}", dir=state_dir, e=str(e))
+
+
+def serve(config) -> int:
+    """Run until SIGTERM/SIGINT.  Returns the process exit status."""
+    logsetup.setup(config.server.log_format, config.server.log_level)
+    server = Server(config)
+
+    def started_failed(failure):
+        err = failure.value
+        if isinstance(err, StorageError):
+            log.critical("cannot start: storage unavailable: {detail}", detail=err.detail or str(err))
+        elif isinstance(err, plugins.PluginError):
+            log.critical("cannot start: {e}", e=str(err))
+        elif hasattr(err, "socketError") or err.__class__.__name__ == "CannotListenError":
+            log.critical("cannot start: cannot listen: {e}", e=str(err))
+        else:
+            log.failure("cannot start", failure)
+        server.exit_code = 1
+        reactor.stop()
+
+    def go():
+        d = defer.Deferred.fromCoroutine(server.start())
+        d.addErrback(started_failed)
+
+    reactor.addSystemEventTrigger("before", "shutdown", lambda: defer.Deferred.fromCoroutine(server.stop()))
+    reactor.callWhenRunning(go)
+    signal.signal(signal.SIGHUP, lambda *_: log.info("SIGHUP: nothing to reload yet"))
+    reactor.run()
+    return server.exit_code

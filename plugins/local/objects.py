@@ -1,0 +1,269 @@
+"""Local object store: each mail object is one immutable file.
+
+``ROOT/<namespace>/<oid[:2]>/<oid>`` holds a small header with the metadata followed by the
+message, written in one atomic step (temporary file, fsync, rename, fsync of the directory).
+References live beside it in ``<oid>.refs`` (one per line; no file means the initial reference
+only).  Every call is one job in the ``local-objects`` thread pool.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import struct
+import time
+
+from mailserver import threads
+from mailserver.storage.drivers import ObjectStore
+from mailserver.storage.errors import ErrorKind, StorageError
+from mailserver.storage.paths import safe_component, unsafe_component
+
+POOL = "local-objects"
+MAGIC = b"RBOXOBJ1"
+_U32 = struct.Struct("<I")
+INITIAL_REF = ""
+
+
+def encode_meta(meta: dict[str, str]) -> bytes:
+    out = []
+    for key, value in sorted(meta.items()):
+        k = key.encode("utf-8")
+        v = value.encode("utf-8")
+        out.append(bytes([len(k)]) + k + _U32.pack(len(v)) + v)
+    return b"".join(out)
+
+
+def decode_meta(raw: bytes) -> dict[str, str]:
+    meta = {}
+    pos = 0
+    while pos < len(raw):
+        klen = raw[pos]
+        key = raw[pos + 1:pos + 1 + klen].decode("utf-8")
+        pos += 1 + klen
+        (vlen,) = _U32.unpack_from(raw, pos)
+        meta[key] = raw[pos + 4:pos + 4 + vlen].decode("utf-8")
+        pos += 4 + vlen
+    return meta
+
+
+def _fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class LocalObjectStore(ObjectStore):
+    def __init__(self, root: str, namespace_suffix: str = "_namespace", threads_: int = 8,
+                 max_object_size: int = 2 ** 31):
+        self.root = root
+        self.suffix = namespace_suffix
+        self._threads = threads_
+        self._max = max_object_size
+
+    @classmethod
+    def from_config(cls, config) -> "LocalObjectStore":
+        return cls(config.rbox.object_path, config.rbox.namespace_suffix, config.server.io_threads)
+
+    @property
+    def max_object_size(self) -> int:
+        return self._max
+
+    async def start(self) -> None:
+        threads.pool(POOL, self._threads)
+        try:
+            await threads.call(POOL, os.makedirs, self.root, 0o700, True)
+        except OSError as e:
+            raise StorageError(ErrorKind.TEMPORARY, f"cannot create object directory {self.root}: {e}") from None
+
+    def namespace(self, username: str) -> str:
+        return username + self.suffix
+
+    def _path(self, ns: str, oid: str) -> str:
+        if not oid or "/" in oid or oid.startswith("."):
+            raise StorageError(ErrorKind.INVALID, f"bad object id {oid!r}")
+        return os.path.join(self.root, safe_component(ns), oid[:2], oid)
+
+    async def _run(self, fn, *args):
+        try:
+            return await threads.call(POOL, fn, *args)
+        except StorageError:
+            raise
+        except FileNotFoundError as e:
+            raise StorageError(ErrorKind.NOT_FOUND, f"object {e.filename} missing") from None
+        except OSError as e:
+            raise StorageError(ErrorKind.TEMPORARY, f"object I/O on {e.filename}: {e.strerror}") from None
+
+    # --- write --------------------------------------------------------------------------------
+    @staticmethod
+    def _put(path: str, data: bytes, meta: bytes) -> None:
+        d = os.path.dirname(path)
+        os.makedirs(d, 0o700, exist_ok=True)
+        tmp = f"{path}.tmp.{os.getpid()}.{time.monotonic_ns()}"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            view = memoryview(MAGIC + _U32.pack(len(meta)) + meta + data)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        except BaseException:
+            os.close(fd)
+            os.unlink(tmp)
+            raise
+        os.close(fd)
+        os.rename(tmp, path)
+        _fsync_dir(d)
+
+    async def put(self, ns: str, oid: str, data: bytes, meta: dict[str, str]) -> None:
+        if len(data) > self._max:
+            raise StorageError(ErrorKind.TOO_BIG, f"object of {len(data)} bytes exceeds {self._max}")
+        await self._run(self._put, self._path(ns, oid), data, encode_meta(meta))
+
+    # --- read ---------------------------------------------------------------------------------
+    @staticmethod
+    def _read(path: str, offset: int, length: int | None, want_meta: bool):
+        with open(path, "rb") as f:
+            head = f.read(len(MAGIC) + 4)
+            if len(head) < len(MAGIC) + 4 or not head.startswith(MAGIC):
+                raise StorageError(ErrorKind.CORRUPTED, f"{path}: not an object file")
+            (mlen,) = _U32.unpack_from(head, len(MAGIC))
+            if want_meta:
+                return decode_meta(f.read(mlen))
+            f.seek(len(MAGIC) + 4 + mlen + offset)
+            return f.read() if length is None else f.read(length)
+
+    async def get(self, ns: str, oid: str, offset: int = 0, length: int | None = None) -> bytes:
+        return await self._run(self._read, self._path(ns, oid), offset, length, False)
+
+    async def get_meta(self, ns: str, oid: str) -> dict[str, str]:
+        return await self._run(self._read, self._path(ns, oid), 0, None, True)
+
+    # --- references ---------------------------------------------------------------------------
+    @staticmethod
+    def _update_refs(path: str, add: str | None, remove: str | None):
+        """Change the refs file under a flock on the object; returns (refs, deleted)."""
+        fd = os.open(path, os.O_RDONLY)  # FileNotFoundError -> NOT_FOUND
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            refs_path = path + ".refs"
+            try:
+                with open(refs_path, "r", encoding="utf-8") as f:
+                    refs = set(f.read().split("\n")[:-1])
+            except FileNotFoundError:
+                refs = {INITIAL_REF}
+            if add is None and remove is None:
+                return refs, False
+            if add is not None:
+                refs.add(add)
+            if remove is not None:
+                refs.discard(remove)
+            if not refs:
+                os.unlink(path)
+                try:
+                    os.unlink(refs_path)
+                except FileNotFoundError:
+                    pass
+                return refs, True
+            tmp = refs_path + ".tmp"
+            with open(tmp, "w", encoding="utf-8") as f:
+                f.write("".join(r + "\n" for r in sorted(refs)))
+                f.flush()
+                os.fsync(f.fileno())
+            os.rename(tmp, refs_path)
+            return refs, False
+        finally:
+            os.close(fd)
+
+    async def add_ref(self, ns: str, oid: str, ref: str) -> None:
+        await self._run(self._update_refs, self._path(ns, oid), ref, None)
+
+    async def remove_ref(self, ns: str, oid: str, ref: str) -> bool:
+        try:
+            _, deleted = await self._run(self._update_refs, self._path(ns, oid), None, ref)
+        except StorageError as e:
+            if e.kind is ErrorKind.NOT_FOUND:
+                return True
+            raise
+        return deleted
+
+    async def refs(self, ns: str, oid: str) -> set[str]:
+        refs, _ = await self._run(self._update_refs, self._path(ns, oid), None, None)
+        return refs
+
+    async def delete(self, ns: str, oid: str) -> None:
+        def rm(path):
+            for p in (path, path + ".refs"):
+                try:
+                    os.unlink(p)
+                except FileNotFoundError:
+                    pass
+        await self._run(rm, self._path(ns, oid))
+
+    async def list(self, ns: str) -> list[str]:
+        def walk(base):
+            out = []
+            try:
+                fans = os.listdir(base)
+            except FileNotFoundError:
+                return out
+            for fan in fans:
+                if len(fan) != 2:
+                    continue  # "state/" holds checkpoints, not mail
+                for name in os.listdir(os.path.join(base, fan)):
+                    if ".refs" not in name and ".tmp." not in name:
+                        out.append(name)
+            return sorted(out)
+        return await self._run(walk, os.path.join(self.root, safe_component(ns)))
+
+    # --- mutable state objects (index checkpoints) --------------------------------------------
+    def _state_path(self, ns: str, name: str) -> str:
+        if not name or "/" in name or name.startswith("."):
+            raise StorageError(ErrorKind.INVALID, f"bad state object name {name!r}")
+        return os.path.join(self.root, safe_component(ns), "state", name)
+
+    async def put_state(self, ns: str, name: str, data: bytes) -> None:
+        def write(path):
+            d = os.path.dirname(path)
+            os.makedirs(d, 0o700, exist_ok=True)
+            tmp = f"{path}.tmp.{os.getpid()}.{time.monotonic_ns()}"
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.rename(tmp, path)
+            _fsync_dir(d)
+        await self._run(write, self._state_path(ns, name))
+
+    async def get_state(self, ns: str, name: str) -> bytes | None:
+        def read(path):
+            try:
+                with open(path, "rb") as f:
+                    return f.read()
+            except FileNotFoundError:
+                return None
+        return await self._run(read, self._state_path(ns, name))
+
+    async def list_states(self, ns: str) -> list[str]:
+        def ls(path):
+            try:
+                return sorted(n for n in os.listdir(path) if ".tmp." not in n)
+            except FileNotFoundError:
+                return []
+        return await self._run(ls, os.path.join(self.root, safe_component(ns), "state"))
+
+    async def delete_state(self, ns: str, name: str) -> None:
+        def rm(path):
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+        await self._run(rm, self._state_path(ns, name))
+
+    async def list_namespaces(self) -> list[str]:
+        def ls(root):
+            try:
+                return sorted(unsafe_component(n) for n in os.listdir(root) if not n.startswith("."))
+            except FileNotFoundError:
+                return []
+        return await self._run(ls, self.root)

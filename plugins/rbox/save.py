@@ -1,0 +1,166 @@
+"""Saving into an rbox mailbox: write each object (in parallel, while more arrive), then make
+them visible with one index commit.  Also the shared pieces of COPY: references and keywords."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+
+from twisted.internet import defer
+from twisted.logger import Logger
+
+from mailserver.storage import api, drivers, mime
+from mailserver.storage.errors import ErrorKind, StorageError
+from mailserver.storage.index import cache as C
+from mailserver.storage.index import records as R
+
+log = Logger(namespace="mailserver.rbox")
+
+
+def cache_fields(analysis) -> dict[int, bytes]:
+    """The index cache entry of a freshly analysed message."""
+    return {
+        C.ENVELOPE: analysis.envelope.encode("utf-8"),
+        C.BODYSTRUCTURE: analysis.bodystructure.encode("utf-8"),
+        C.BODY: analysis.body.encode("utf-8"),
+        C.PARTS: json.dumps(analysis.parts.to_json(), separators=(",", ":")).encode("utf-8"),
+        C.HEADER_SIZE: str(analysis.header_size).encode("ascii"),
+        C.HEADERS: analysis.cached_headers,
+        C.HEADER_NAMES: ",".join(sorted(analysis.cached_header_names)).encode("ascii"),
+    }
+
+
+def split_flags(flags) -> tuple[int, list[str]]:
+    """System flag bits and keyword names (\\Recent and unknown system flags dropped)."""
+    bits = 0
+    keywords = []
+    for f in flags:
+        bit = R.FLAG_BITS.get(_canonical_system_flag(f))
+        if bit:
+            bits |= bit
+        elif not f.startswith("\\") and f not in keywords:
+            keywords.append(f)
+    return bits, keywords
+
+
+def _canonical_system_flag(flag: str) -> str:
+    if flag.startswith("\\"):
+        return "\\" + flag[1:].capitalize()
+    return flag
+
+
+class KeywordTable:
+    """Keyword numbers as a builder sees them: the mailbox's, plus ones it defines now."""
+
+    def __init__(self, state, limit: int):
+        self.numbers = dict(state.keyword_numbers)
+        self.count = len(state.keywords)
+        self.limit = limit
+        self.new_records: list = []
+
+    def numbers_for(self, names) -> tuple:
+        out = []
+        for name in names:
+            n = self.numbers.get(name)
+            if n is None:
+                if self.count >= self.limit:
+                    raise StorageError(ErrorKind.LIMIT, f"mailbox has the maximum of {self.limit} keywords")
+                n = self.numbers[name] = self.count
+                self.count += 1
+                self.new_records.append(R.Keyword(n, name))
+            out.append(n)
+        return tuple(out)
+
+
+def new_ref() -> str:
+    return uuid.uuid4().hex[:16]
+
+
+class RboxSave(api.SaveTransaction):
+    def __init__(self, user, name: str):
+        self.user = user
+        self.storage = user.storage
+        self.name = name
+        self._index = None
+        self._pending: list[tuple[dict, defer.Deferred]] = []
+        self._done = False
+
+    async def add(self, data: bytes, flags=(), internaldate: int | None = None) -> None:
+        if self._done:
+            raise StorageError(ErrorKind.INTERNAL, "add after commit or rollback")
+        objects = self.storage.objects
+        if len(data) > objects.max_object_size:
+            raise StorageError(ErrorKind.TOO_BIG, f"message of {len(data)} bytes exceeds the object "
+                                                  f"size limit of {objects.max_object_size}")
+        if self._index is None:
+            self.name, self._entry, self._index = await self.user.index_for(self.name)
+        now = int(time.time())
+        oid = uuid.uuid4().hex
+        guid = uuid.uuid4().bytes
+        analysis = mime.analyze(data)
+        internaldate = now if internaldate is None else int(internaldate)
+        meta = {
+            drivers.META_MAILBOX_GUID: self._entry["guid"],
+            drivers.META_GUID: guid.hex(),
+            drivers.META_RECEIVED: str(internaldate),
+            drivers.META_SAVE_DATE: str(now),
+            drivers.META_PHYSICAL_SIZE: str(len(data)),
+            drivers.META_VIRTUAL_SIZE: str(analysis.vsize),
+            drivers.META_ORIG_MAILBOX: self.name,
+            drivers.META_VERSION: drivers.OBJECT_FORMAT_VERSION,
+        }
+        put = defer.Deferred.fromCoroutine(objects.put(self.user.namespace, oid, data, meta))
+        self.storage.track(put)
+        cache = defer.Deferred.fromCoroutine(self._index.cache.add(oid, cache_fields(analysis)))
+        cache.addErrback(lambda f: log.warn("cache entry for {oid} not written: {e}", oid=oid, e=f.value))
+        bits, keywords = split_flags(flags)
+        msg = dict(oid=oid, guid=guid, bits=bits, keywords=keywords, internaldate=internaldate,
+                   savedate=now, size=len(data), vsize=analysis.vsize, data=data)
+        self._pending.append((msg, put))
+
+    async def commit(self) -> api.SaveResult:
+        if self._done:
+            raise StorageError(ErrorKind.INTERNAL, "commit twice")
+        self._done = True
+        if not self._pending:
+            st = self._index.state if self._index else None
+            return api.SaveResult(st.uidvalidity if st else 0, ())
+        results = await defer.DeferredList([d for _, d in self._pending], consumeErrors=True)
+        failures = [r for ok, r in results if not ok]
+        if failures:
+            await self._remove_objects()
+            err = failures[0].value
+            raise err if isinstance(err, StorageError) else StorageError(ErrorKind.TEMPORARY, str(err))
+        msgs = [m for m, _ in self._pending]
+        limit = self.storage.config.storage.max_keywords
+
+        def build(state):
+            table = KeywordTable(state, limit)
+            new_messages = []
+            for uid, m in enumerate(msgs, start=state.uidnext):
+                new_messages.append(R.NewMessage(uid, m["bits"], table.numbers_for(m["keywords"]),
+                                                 m["internaldate"], m["savedate"], m["size"], m["vsize"],
+                                                 m["guid"], m["oid"], ""))
+            recs = table.new_records + [R.Append(state.highestmodseq + 1, new_messages)]
+            return recs, (state.uidvalidity, tuple(m.uid for m in new_messages))
+
+        # If the commit fails its objects stay: the record may have reached the log before the
+        # failure, and an unreferenced object is found and handled by `rbox gc`/force-resync.
+        commit = defer.Deferred.fromCoroutine(self._index.commit(build))
+        uidvalidity, uids = await self.storage.track(commit)
+        for m in msgs:
+            self.storage.bodies.put((self.user.namespace, m["oid"]), m["data"])
+        return api.SaveResult(uidvalidity, uids)
+
+    async def rollback(self) -> None:
+        if not self._done:
+            self._done = True
+            await defer.DeferredList([d for _, d in self._pending], consumeErrors=True)
+            await self._remove_objects()
+
+    async def _remove_objects(self) -> None:
+        objects = self.storage.objects
+        await defer.DeferredList(
+            [defer.Deferred.fromCoroutine(objects.delete(self.user.namespace, m["oid"]))
+             for m, _ in self._pending], consumeErrors=True)

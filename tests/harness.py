@@ -1,0 +1,120 @@
+"""Runs ``mailserver serve`` as a child process for protocol tests and benchmarks.
+
+Listeners bind port 0 on loopback; the real ports come from ``STATE_DIR/listeners.json``.
+Users are written to a passwd-file up front (the server reloads it when it changes).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+class RunningServer:
+    """A server process with its own state directory and passwd-file."""
+
+    def __init__(self, base_dir: str, extra_config: str = "", users: int = 300, name: str = "server"):
+        self.base_dir = base_dir
+        self.state_dir = os.path.join(base_dir, "state")
+        self.config_path = os.path.join(base_dir, "mailserver.toml")
+        self.passwd_path = os.path.join(base_dir, "passwd")
+        self.log_path = os.path.join(base_dir, f"{name}.log")
+        self.host = "127.0.0.1"
+        self.extra_config = extra_config
+        self.proc: subprocess.Popen | None = None
+        self.ports: dict = {}
+        self._next_user = 0
+        self._pool = users
+        os.makedirs(self.state_dir, exist_ok=True)
+        with open(self.passwd_path, "w") as f:
+            for i in range(users):
+                f.write(f"user{i:04d}@example.org:{{PLAIN}}pw-{i:04d}::::::\n")
+        self.write_config()
+
+    def write_config(self) -> None:
+        with open(self.config_path, "w") as f:
+            f.write(f'[server]\nstate_dir = "{self.state_dir}"\nlog_format = "json"\nlog_level = "debug"\n'
+                    f'shutdown_timeout = 10.0\n\n')
+            for proto in ("imap", "pop3", "lmtp"):
+                f.write(f'[{proto}]\nlisten = ["127.0.0.1:0"]\n\n')
+            f.write(f'[auth]\npasswd_file = "{self.passwd_path}"\n\n')
+            f.write(self.extra_config)
+
+    # --- process ------------------------------------------------------------------------------
+    def start(self, timeout: float = 30.0) -> None:
+        listeners = os.path.join(self.state_dir, "listeners.json")
+        if os.path.exists(listeners):
+            os.unlink(listeners)
+        self._log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen([sys.executable, "-m", "mailserver", "serve", "--config", self.config_path],
+                                     stdout=self._log, stderr=subprocess.STDOUT, cwd=ROOT)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.log_text()[-4000:]}")
+            if os.path.exists(listeners):
+                with open(listeners) as f:
+                    bound = json.load(f)
+                self.ports = {p: int(addrs[0].rsplit(":", 1)[1]) for p, addrs in bound.items()}
+                return
+            time.sleep(0.05)
+        self.stop()
+        raise RuntimeError(f"server did not start within {timeout}s:\n{self.log_text()[-4000:]}")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int | None:
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        code = self.proc.returncode
+        self.proc = None
+        self._log.close()
+        return code
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    def log_text(self) -> str:
+        try:
+            with open(self.log_path, "rb") as f:
+                return f.read().decode("utf-8", "replace")
+        except FileNotFoundError:
+            return ""
+
+    # --- users --------------------------------------------------------------------------------
+    def new_user(self) -> tuple[str, str]:
+        """A user no other test has touched."""
+        if self._next_user >= self._pool:
+            raise RuntimeError("test user pool exhausted: raise `users` in the harness")
+        i = self._next_user
+        self._next_user += 1
+        return f"user{i:04d}@example.org", f"pw-{i:04d}"
+
+    def add_user(self, name: str, password_field: str) -> None:
+        """Append a passwd-file line (``password_field`` with its {SCHEME}); the server reloads it."""
+        with open(self.passwd_path, "a") as f:
+            f.write(f"{name}:{password_field}::::::\n")
+
+    @property
+    def imap_port(self) -> int:
+        return self.ports["imap"]
+
+    @property
+    def pop3_port(self) -> int:
+        return self.ports["pop3"]
+
+    @property
+    def lmtp_port(self) -> int:
+        return self.ports["lmtp"]
