@@ -195,6 +195,27 @@ class CephFSIndexStore(IndexStore):
     async def append(self, path: str, data: bytes) -> int:
         return await self._job(f"cephfs append {path}", _append, self._abs(path), data)
 
+    async def append_at(self, path: str, offset: int, data: bytes, *, lock: str,
+                        cut_tail_at_size: int | None = None) -> tuple[bool, bytes | None]:
+        """Compare-and-append in ONE pool job when the lock is free (flock, size check, cut,
+        write, unlock); when someone holds it, here or in another process, fall back to the
+        interface's default, which waits for ``lock``."""
+        lock_abs = self._abs(lock) + LOCK_SUFFIX
+        if lock_abs not in self._local_locks:
+            self._local_locks[lock_abs] = []          # held in this process for the job
+            try:
+                result = await self._job(f"cephfs append_at {path}", _append_at, lock_abs,
+                                         self._abs(path), offset, data, cut_tail_at_size,
+                                         next(self._owners))
+            finally:
+                self._hand_over(lock_abs)
+            if result is not _BUSY:
+                return result
+        return await super().append_at(path, offset, data, lock=lock, cut_tail_at_size=cut_tail_at_size)
+
+    async def truncate(self, path: str, size: int) -> None:
+        await self._job(f"cephfs truncate {path}", _truncate, self._abs(path), size)
+
     async def write_atomic(self, path: str, data: bytes) -> None:
         await self._job(f"cephfs write_atomic {path}", _write_atomic, self._abs(path), data)
 
@@ -324,18 +345,21 @@ def _read(fs, path: str, offset: int) -> bytes | None:
     except cephfs.ObjectNotFound:
         return None
     try:
-        size = fs.fstat(fd).st_size
-        chunks = []
-        pos = offset
-        while pos < size:
-            chunk = fs.read(fd, pos, min(READ_CHUNK, size - pos))
-            if not chunk:
-                break
-            chunks.append(chunk)
-            pos += len(chunk)
-        return b"".join(chunks)
+        return _read_fd(fs, fd, offset, fs.fstat(fd).st_size)
     finally:
         fs.close(fd)
+
+
+def _read_fd(fs, fd: int, offset: int, size: int) -> bytes:
+    chunks = []
+    pos = offset
+    while pos < size:
+        chunk = fs.read(fd, pos, min(READ_CHUNK, size - pos))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        pos += len(chunk)
+    return b"".join(chunks)
 
 
 def _size(fs, path: str) -> int | None:
@@ -366,6 +390,41 @@ def _append(fs, path: str, data: bytes) -> int:
         return offset
     finally:
         fs.close(fd)
+
+
+_BUSY = object()             # _append_at's answer when another owner holds the lock
+
+
+def _append_at(fs, lock_path: str, path: str, offset: int, data: bytes, cut: int | None, owner: int):
+    import cephfs
+    lock_fd = _try_flock(fs, lock_path, owner)
+    if lock_fd is None:
+        return _BUSY
+    try:
+        try:
+            fd = fs.open(path, os.O_RDWR)
+        except cephfs.ObjectNotFound:
+            if offset > 0:
+                return False, None
+            fd = _open_creating(fs, path, os.O_RDWR)
+        try:
+            size = fs.fstat(fd).st_size
+            if size != offset and cut is not None and size == cut:
+                fs.ftruncate(fd, offset)           # a torn tail the caller saw
+                size = offset
+            if size != offset:
+                return False, _read_fd(fs, fd, offset, size)
+            if data:
+                fs.write(fd, data, offset)
+            return True, None
+        finally:
+            fs.close(fd)
+    finally:
+        _unflock(fs, lock_fd, owner)
+
+
+def _truncate(fs, path: str, size: int) -> None:
+    fs.truncate(path, size)
 
 
 def _write_atomic(fs, path: str, data: bytes) -> None:

@@ -47,6 +47,32 @@ async def test_append_read_size(make_cephfs_store):
 
 
 @pytest_twisted.ensureDeferred
+async def test_append_at_compares_cuts_and_appends(make_cephfs_store):
+    store = await make_cephfs_store()
+    log, lock = "alice/INBOX/log", "alice/INBOX/log"
+    assert await store.append_at(log, 5, b"x", lock=lock) == (False, None)      # missing file
+    assert await store.append_at(log, 0, b"header\n", lock=lock) == (True, None)
+    assert await store.append_at(log, 7, b"rec1\n", lock=lock) == (True, None)
+    assert await store.append_at(log, 7, b"other\n", lock=lock) == (False, b"rec1\n")   # lost the race
+    await store.append(log, b"torn")                                          # a half-written record
+    assert await store.append_at(log, 12, b"rec2\n", lock=lock, cut_tail_at_size=16) == (True, None)
+    assert await store.read(log) == b"header\nrec1\nrec2\n"
+    await store.truncate(log, 7)
+    assert await store.read(log) == b"header\n"
+
+
+@pytest_twisted.ensureDeferred
+async def test_append_at_waits_for_a_held_lock(make_cephfs_store):
+    store = await make_cephfs_store()
+    held = await store.lock("u/log")
+    pending = defer.Deferred.fromCoroutine(store.append_at("u/log", 0, b"a", lock="u/log"))
+    await task.deferLater(reactor, 0.2, lambda: None)
+    assert not pending.called
+    await held.release()
+    assert await pending == (True, None)
+
+
+@pytest_twisted.ensureDeferred
 async def test_large_file_read_in_chunks(make_cephfs_store):
     store = await make_cephfs_store()
     data = os.urandom(9 * 1024 * 1024 + 7)           # more than two READ_CHUNKs
@@ -201,6 +227,20 @@ async def test_lock_excludes_another_process(ceph_cluster, make_cephfs_store):
         assert not waiting.called
         await holder.finish()
         lock = await waiting                                # the other process let go
+    finally:
+        await holder.close()
+    # append_at under the same lock name waits for another process's holder too
+    await lock.release()
+    holder = LockHolder(ceph_cluster.conf_path, store.root, "alice/INBOX/log")
+    try:
+        assert await holder.line() == "locked"
+        pending = defer.Deferred.fromCoroutine(store.append_at("alice/INBOX/log", 0, b"r",
+                                                               lock="alice/INBOX/log"))
+        await task.deferLater(reactor, 0.3, lambda: None)
+        assert not pending.called
+        await holder.finish()
+        assert await pending == (True, None)
+        lock = await store.lock("alice/INBOX/log", timeout=5)
     finally:
         await holder.close()
     # and the other way round: while we hold it, the other process cannot take it

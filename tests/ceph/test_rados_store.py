@@ -108,13 +108,47 @@ async def test_ranges(make_rados_store, unique):
 
 
 @pytest_twisted.ensureDeferred
-async def test_body_cache_serves_ranges_and_forgets_deleted(make_rados_store, unique):
-    store = await make_rados_store(rbox={"body_cache_bytes": 1 << 20})
+async def test_body_cache_serves_ranges_and_forgets_deleted(ceph_cluster, unique):
+    """The driver's own LRU (off when built from the config: rbox caches bodies itself)."""
+    from plugins.rados.store import RadosObjectStore
+    store = RadosObjectStore(ceph_conf=ceph_cluster.conf_path, pool="mailtest", body_cache_bytes=1 << 20)
+    await store.start()
+    try:
+        ns = store.namespace(unique)
+        await store.put(ns, "m", BODY, {})
+        r, io = raw_ioctx(ceph_cluster, "mailtest", ns)
+        try:
+            io.remove_object("m")                   # behind the driver's back
+        finally:
+            io.close()
+            r.shutdown()
+        assert await store.get(ns, "m", 2, 5) == BODY[2:7]     # served from the cache
+        await store.delete(ns, "m")
+        await expect_error(ErrorKind.NOT_FOUND, store.get(ns, "m"))
+    finally:
+        await store.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_state_objects(make_rados_store, unique):
+    store = await make_rados_store()
     ns = store.namespace(unique)
-    await store.put(ns, "m", BODY, {})
-    assert await store.get(ns, "m", 2, 5) == BODY[2:7]
-    await store.delete(ns, "m")
-    await expect_error(ErrorKind.NOT_FOUND, store.get(ns, "m"))
+    assert await store.get_state(ns, "ckpt-1") is None
+    await store.put(ns, "mail", BODY, {})
+    await store.put_state(ns, "ckpt-1", b"first")
+    await store.put_state(ns, "ckpt-1", b"second, replacing")
+    big = os.urandom(200_000)                       # more than one first read
+    await store.put_state(ns, "ckpt-2", big)
+    assert await store.get_state(ns, "ckpt-1") == b"second, replacing"
+    assert await store.get_state(ns, "ckpt-2") == big
+    assert await store.list_states(ns) == ["ckpt-1", "ckpt-2"]
+    assert await store.list(ns) == ["mail"]          # states are not mail
+    assert ns in await store.list_namespaces()
+    await store.delete_state(ns, "ckpt-1")
+    await store.delete_state(ns, "ckpt-1")
+    assert await store.list_states(ns) == ["ckpt-2"]
+    for bad in ("", "a/b", ".hidden"):
+        await expect_error(ErrorKind.INVALID, store.put_state(ns, bad, b"x"))
 
 
 @pytest_twisted.ensureDeferred
