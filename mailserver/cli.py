@@ -45,14 +45,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("mailbox", nargs="?")
 
     p = sub.add_parser("rbox", help="inspect and clean rbox object storage")
-    _config_arg(p)
     rsub = p.add_subparsers(dest="rbox_command", required=True, metavar="ACTION")
     r = rsub.add_parser("ls", help="list a user's objects with their metadata")
+    _config_arg(r)
     r.add_argument("user")
     r = rsub.add_parser("get", help="write one object's data to stdout")
+    _config_arg(r)
     r.add_argument("user")
     r.add_argument("oid")
     r = rsub.add_parser("gc", help="remove objects and references no index refers to")
+    _config_arg(r)
     r.add_argument("--dry-run", action="store_true", help="only report")
     r.add_argument("--grace", type=float, help="seconds an unreferenced object is left alone (default [rbox] gc_grace)")
 

@@ -149,6 +149,10 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "max_mailbox_depth": Key(int, 16, positive),
         "max_keywords": Key(int, 200, positive, "Keywords per mailbox."),
     },
+    "dict": {
+        "driver": Key(str, "local", None, "Dictionary driver (entry point in mailserver.dicts) for quota, "
+                                          "IMAP METADATA and URLAUTH keys."),
+    },
     "rbox": {
         "object_store": Key(str, "local", None, "Object store driver (entry point in mailserver.object_stores)."),
         "index_store": Key(str, "local", None, "Index store driver (entry point in mailserver.index_stores)."),
@@ -315,7 +319,8 @@ def _load_plugin_schemas(raw: dict) -> None:
     rbox = raw.get("rbox", {})
     wanted = [(plugins.MAILBOX_FORMATS, storage.get("format", "rbox")),
               (plugins.OBJECT_STORES, rbox.get("object_store", "local")),
-              (plugins.INDEX_STORES, rbox.get("index_store", "local"))]
+              (plugins.INDEX_STORES, rbox.get("index_store", "local")),
+              (plugins.DICTS, raw.get("dict", {}).get("driver", "local"))]
     for group, name in wanted:
         if isinstance(name, str):
             plugins.try_load(group, name)
@@ -324,6 +329,7 @@ def _load_plugin_schemas(raw: dict) -> None:
 def _check_drivers(sections: dict, where: str) -> None:
     from mailserver import plugins
     checks = [("storage", "format", plugins.MAILBOX_FORMATS),
+              ("dict", "driver", plugins.DICTS),
               ("rbox", "object_store", plugins.OBJECT_STORES),
               ("rbox", "index_store", plugins.INDEX_STORES)]
     for section, key, group in checks:

@@ -1,5 +1,5 @@
-"""What every protocol factory is given: the validated configuration, the mail storage and the
-authenticator, and the set of live connections (for graceful shutdown)."""
+"""What every protocol factory is given: the validated configuration, the mail storage, the
+authenticator, the dictionary, and the set of live connections (for graceful shutdown)."""
 
 from __future__ import annotations
 
@@ -11,5 +11,6 @@ class ServerContext:
     config: object                 # mailserver.config.Config
     storage: object                # mailserver.storage.api.MailStorage
     auth: object                   # mailserver.auth.Authenticator
+    dict: object = None            # mailserver.storage.drivers.Dict (per-user keys, shared keys)
     connections: set = dataclasses.field(default_factory=set)
     stopping: bool = False

@@ -38,9 +38,11 @@ class Server:
         storage_cls = plugins.load(plugins.MAILBOX_FORMATS, cfg.storage.format)
         storage = storage_cls.from_config(cfg, plugins)
         await storage.start()
+        dictionary = plugins.load(plugins.DICTS, cfg.dict.driver).from_config(cfg)
+        await dictionary.start()
         from mailserver.auth.service import build_authenticator
         auth = build_authenticator(cfg)
-        self.ctx = ServerContext(config=cfg, storage=storage, auth=auth)
+        self.ctx = ServerContext(config=cfg, storage=storage, auth=auth, dict=dictionary)
         bound = {}
         for name in PROTOCOLS:
             module = importlib.import_module(f"mailserver.protocols.{name}")
@@ -62,7 +64,7 @@ class Server:
         self.ctx.stopping = True
         log.info("shutting down: {n} connections open", n=len(self.ctx.connections))
         await defer.DeferredList([defer.maybeDeferred(p.stopListening) for p in self.ports])
-        storage_stop = defer.Deferred.fromCoroutine(self.ctx.storage.stop())
+        storage_stop = defer.Deferred.fromCoroutine(self._stop_storage())
         timeout = reactor.callLater(self.config.server.shutdown_timeout, storage_stop.cancel)
         try:
             await storage_stop
@@ -82,6 +84,12 @@ class Server:
             except Exception:
                 log.failure("closing a connection at shutdown")
         log.info("stopped")
+
+
+    async def _stop_storage(self) -> None:
+        await self.ctx.storage.stop()
+        if self.ctx.dict is not None:
+            await self.ctx.dict.stop()
 
 
 def _address(port, spec: str) -> str:

@@ -109,6 +109,7 @@ class FetchedMail:
       ``cached_headers`` -- raw lines of the commonly used header fields, and
       ``cached_header_names`` -- the lowercased field names they cover (a field not named there
       needs ``header``)
+      ``preview`` -- RFC 8970 PREVIEW text
     Body data, read from the object store:
       ``data`` -- the whole message as stored
       ``header`` -- the message header block, including the blank line that ends it
@@ -122,6 +123,7 @@ class FetchedMail:
     parts: object | None = None
     cached_headers: bytes | None = None
     cached_header_names: frozenset | None = None
+    preview: str | None = None
     data: bytes | None = None
     header: bytes | None = None
     missing: bool = False
@@ -135,6 +137,7 @@ class FetchItem(str, enum.Enum):
     BODY = "body"
     PARTS = "parts"
     CACHED_HEADERS = "cached_headers"
+    PREVIEW = "preview"
     HEADER = "header"
     DATA = "data"
 
@@ -235,6 +238,12 @@ class Mailbox(abc.ABC):
     @abc.abstractmethod
     def all_info(self) -> list:
         """MessageInfo of every message in the view, in view order (None for ones expunged meanwhile)."""
+
+    @abc.abstractmethod
+    def vanished_since(self, modseq: int) -> list | None:
+        """UIDs expunged after ``modseq`` (QRESYNC VANISHED (EARLIER)), ascending; None when the
+        index no longer remembers that far back (RFC 7162 then allows reporting every UID below
+        UIDNEXT that is not in the mailbox)."""
 
     @abc.abstractmethod
     async def refresh(self, expunges: bool = True) -> Changes:

@@ -20,7 +20,7 @@ from plugins.rbox.save import KeywordTable, cache_fields, new_ref, split_flags
 log = Logger(namespace="mailserver.rbox")
 
 _CACHED_ITEMS = frozenset((FetchItem.ENVELOPE, FetchItem.BODYSTRUCTURE, FetchItem.BODY,
-                           FetchItem.PARTS, FetchItem.CACHED_HEADERS))
+                           FetchItem.PARTS, FetchItem.CACHED_HEADERS, FetchItem.PREVIEW))
 
 
 class RboxMailbox(api.Mailbox):
@@ -80,6 +80,9 @@ class RboxMailbox(api.Mailbox):
 
     def info(self, uid: int):
         return self.index.state.info(uid)
+
+    def vanished_since(self, modseq: int):
+        return self.index.state.expunged_since(modseq)
 
     def all_info(self) -> list:
         st = self.index.state
@@ -154,7 +157,7 @@ class RboxMailbox(api.Mailbox):
     async def _cache_entry(self, info, data: bytes | None):
         """The cache entry of a message, computing (and storing) it from the body if missing."""
         entry = await self.index.cache.get(info.oid)
-        if entry is not None and entry.get(C.PARTS) is not None:
+        if entry is not None and all(entry.get(f) is not None for f in C.FIELDS):
             return entry, data
         if data is None:
             data = await self._read_body(info)
@@ -181,6 +184,8 @@ class RboxMailbox(api.Mailbox):
                 if FetchItem.CACHED_HEADERS in items:
                     mail.cached_headers = bytes(entry.get(C.HEADERS))
                     mail.cached_header_names = frozenset(entry.get(C.HEADER_NAMES).decode("ascii").split(","))
+                if FetchItem.PREVIEW in items:
+                    mail.preview = entry.get(C.PREVIEW).decode("utf-8")
                 if FetchItem.HEADER in items:
                     header_size = int(entry.get(C.HEADER_SIZE))
                     if data is None:
@@ -332,7 +337,7 @@ class RboxMailbox(api.Mailbox):
         for info in infos:   # the destination's cache gets the parsed fields too
             src = await self.index.cache.get(info.oid)
             if src is not None and info.oid not in dest.cache.entries:
-                await dest.cache.add(info.oid, {f: bytes(src.get(f)) for f in range(1, 8) if src.get(f) is not None})
+                await dest.cache.add(info.oid, {f: bytes(src.get(f)) for f in C.FIELDS if src.get(f) is not None})
         limit = self.storage.config.storage.max_keywords
         now = int(time.time())
 

@@ -28,6 +28,7 @@ def cache_fields(analysis) -> dict[int, bytes]:
         C.HEADER_SIZE: str(analysis.header_size).encode("ascii"),
         C.HEADERS: analysis.cached_headers,
         C.HEADER_NAMES: ",".join(sorted(analysis.cached_header_names)).encode("ascii"),
+        C.PREVIEW: analysis.preview.encode("utf-8"),
     }
 
 

@@ -183,3 +183,16 @@ async def test_missing_object_makes_only_that_message_unavailable(storage, tmp_p
     await storage.objects.delete(user.namespace, box.info(1).oid)
     got = {m.info.uid: m async for m in box.fetch([1, 2], {FetchItem.DATA})}
     assert got[1].missing and got[2].data == mail(2)
+
+
+@pytest_twisted.ensureDeferred
+async def test_preview_and_vanished(storage):
+    user = await storage.open_user("ida")
+    await save(user, "INBOX", mail(1), mail(2))
+    box = await user.open_mailbox("INBOX")
+    [m] = [m async for m in box.fetch([1], {FetchItem.PREVIEW})]
+    assert m.preview == "Body line one Second line with a needle"
+    before = box.highestmodseq
+    await box.store([1], StoreMode.ADD, ["\\Deleted"])
+    await box.expunge()
+    assert box.vanished_since(before) == [1]

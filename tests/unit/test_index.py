@@ -161,3 +161,15 @@ async def test_cache_entries_survive_reload(store):
     entry = await other.get("o1")
     assert entry.get(1) == b"(envelope)"
     assert await other.get("missing") is None
+
+
+def test_expunge_history_for_qresync():
+    s = MailboxState()
+    s.apply(R.Append(2, [msg(u) for u in range(1, 11)]))
+    s.apply(R.Expunge(3, ((2, 3),)))
+    s.apply(R.Expunge(4, ((7, 7), (9, 9))))
+    assert s.expunged_since(2) == [2, 3, 7, 9]
+    assert s.expunged_since(3) == [7, 9]
+    assert s.expunged_since(4) == []
+    t = MailboxState.decode_snapshot(s.encode_snapshot())
+    assert t.expunged_since(2) == [2, 3, 7, 9]

@@ -1,0 +1,14 @@
+"""IMAP4rev1 server on Twisted transports.
+
+Modules: ``parser`` (the one command parser), ``seqset`` (sequence sets), ``mutf7`` (mailbox
+name encoding), ``names`` (mailbox names and LIST patterns), ``response`` (formatting and the
+buffered writer), ``errors`` (StorageError -> response codes), ``server`` (connection, queue,
+states), ``selected`` (the selected mailbox and its updates), ``commands/`` (handlers by group),
+``fetch`` and ``search``.
+"""
+
+
+def build_factory(ctx):
+    """The Twisted protocol factory for IMAP connections (``ctx``: ServerContext)."""
+    from .server import IMAPServerFactory
+    return IMAPServerFactory(ctx)

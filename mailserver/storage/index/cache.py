@@ -20,6 +20,8 @@ PARTS = 4          # JSON of mime.Part.to_json()
 HEADER_SIZE = 5    # decimal ASCII
 HEADERS = 6        # raw lines of the cached header fields
 HEADER_NAMES = 7   # lowercased names covered by HEADERS, comma-separated
+PREVIEW = 8        # RFC 8970 preview text, UTF-8
+FIELDS = (ENVELOPE, BODYSTRUCTURE, BODY, PARTS, HEADER_SIZE, HEADERS, HEADER_NAMES, PREVIEW)
 
 _FIELD = struct.Struct("<BI")
 

@@ -21,6 +21,10 @@ _SNAP_HEAD = struct.Struct("<I16sqIIQIQIH")
 # uidvalidity, guid, created, uidnext, first_recent_uid, highestmodseq, log_no, log_offset, count, nkeywords
 _U32 = struct.Struct("<I")
 _U16 = struct.Struct("<H")
+_EXP_HEAD = struct.Struct("<QI")     # modseq (or floor), count
+_RANGE = struct.Struct("<II")
+
+MAX_EXPUNGE_HISTORY = 10000   # expunge records kept for VANISHED (EARLIER)
 
 _COLUMNS = (("uids", "I"), ("flags", "B"), ("modseqs", "Q"), ("idates", "q"),
             ("sdates", "q"), ("sizes", "Q"), ("vsizes", "Q"))
@@ -56,6 +60,8 @@ class MailboxState:
         self.refs: list[str] = []
         self.kwmasks: list[int] = []
         self.expunge_count = 0       # grows with every expunged message (views compare it)
+        self.expunged: list = []     # (modseq, uid ranges) of recent expunges, oldest first (QRESYNC)
+        self.expunged_floor = 0      # expunges at or below this modseq are no longer listed
         self._flagsets: dict = {}
 
     # --- lookups ------------------------------------------------------------------------------
@@ -90,6 +96,18 @@ class MailboxState:
     def info(self, uid: int) -> MessageInfo | None:
         i = self.position(uid)
         return self.info_at(i) if i >= 0 else None
+
+    def expunged_since(self, modseq: int) -> list | None:
+        """UIDs expunged with a modseq above ``modseq``, ascending; None if the history kept
+        does not reach back that far."""
+        if modseq < self.expunged_floor:
+            return None
+        out = []
+        for m, ranges in self.expunged:
+            if m > modseq:
+                for lo, hi in ranges:
+                    out.extend(range(lo, hi + 1))
+        return sorted(set(out))
 
     def keyword_mask(self, names) -> tuple[int, list[str]]:
         """Bit mask of keyword names, and the names not yet defined in this mailbox."""
@@ -175,6 +193,9 @@ class MailboxState:
     def _apply_expunge(self, rec: R.Expunge) -> None:
         gone = self.positions_in(rec.ranges)
         if gone:
+            self.expunged.append((rec.modseq, R.ranges_of(self.uids[i] for i in gone)))
+            if len(self.expunged) > MAX_EXPUNGE_HISTORY:
+                self.expunged_floor = self.expunged.pop(0)[0]
             keep = sorted(set(range(len(self.uids))) - set(gone)) if len(gone) < len(self.uids) else []
             self.keep_positions(keep)
             self.expunge_count += len(gone)
@@ -214,6 +235,10 @@ class MailboxState:
         for i, m in masks:
             raw = m.to_bytes((m.bit_length() + 7) // 8, "little")
             parts.append(_U32.pack(i) + _U16.pack(len(raw)) + raw)
+        parts.append(_EXP_HEAD.pack(self.expunged_floor, len(self.expunged)))
+        for modseq, ranges in self.expunged:
+            parts.append(_EXP_HEAD.pack(modseq, len(ranges)))
+            parts.extend(_RANGE.pack(lo, hi) for lo, hi in ranges)
         body = b"".join(parts)
         return body + _U32.pack(zlib.crc32(body))
 
@@ -260,6 +285,13 @@ class MailboxState:
                 (ln,) = _U16.unpack_from(body, pos + 4)
                 s.kwmasks[i] = int.from_bytes(body[pos + 6:pos + 6 + ln], "little")
                 pos += 6 + ln
+            s.expunged_floor, nexp = _EXP_HEAD.unpack_from(body, pos)
+            pos += _EXP_HEAD.size
+            for _ in range(nexp):
+                modseq, nr = _EXP_HEAD.unpack_from(body, pos)
+                pos += _EXP_HEAD.size
+                s.expunged.append((modseq, tuple(_RANGE.unpack_from(body, pos + 8 * k) for k in range(nr))))
+                pos += 8 * nr
         except (struct.error, UnicodeDecodeError, IndexError) as e:
             raise SnapshotError(f"snapshot does not decode: {e}") from None
         if pos != len(body) or len(s.oids) != count or len(s.refs) != count or len(s.guids) != 16 * count:

@@ -35,11 +35,11 @@ from .imap import bodystructure, envelope, imap_string, parse_addresses
 from .parser import MAX_DEPTH, MAX_PARTS, Part, find_part, parse
 from .sections import (Section, UnknownEncoding, crlf, decode_body, get_section, header_fields,
                        vsize)
-from .text import decode_words, decoded_headers, part_text, search_text
+from .text import decode_words, decoded_headers, part_text, preview, search_text
 
 __all__ = [
     "Analysis", "CACHED_HEADER_FIELDS", "MAX_DEPTH", "MAX_PARTS", "Part", "Section",
     "UnknownEncoding", "analyze", "bodystructure", "crlf", "decode_body", "decode_words",
     "decoded_headers", "envelope", "find_part", "get_section", "header_fields", "imap_string",
-    "parse", "parse_addresses", "part_text", "search_text", "vsize",
+    "parse", "parse_addresses", "part_text", "preview", "search_text", "vsize",
 ]

@@ -8,6 +8,7 @@ from . import _headers as H
 from .imap import body_and_bodystructure, envelope_from_fields
 from .parser import Part, _Parser
 from .sections import crlf
+from .text import preview
 
 # Fields clients fetch with HEADER.FIELDS when listing a mailbox (Thunderbird, Apple Mail,
 # K-9, Roundcube, Outlook...), and that SEARCH/SORT look at.  Kept raw in the cache so those
@@ -44,6 +45,7 @@ class Analysis:
     vsize: int
     cached_headers: bytes
     cached_header_names: frozenset
+    preview: str = ""              # RFC 8970 PREVIEW text
 
 
 def cache_fields(header: bytes, fields) -> tuple[bytes, frozenset]:
@@ -79,4 +81,4 @@ def analyze(data: bytes) -> Analysis:
     cached, names = cache_fields(header, fields)
     return Analysis(envelope=envelope_from_fields(fields), bodystructure=structure, body=body,
                     parts=root, header_size=len(header), vsize=parser.vsize,
-                    cached_headers=cached, cached_header_names=names)
+                    cached_headers=cached, cached_header_names=names, preview=preview(data, root))

@@ -81,3 +81,27 @@ def search_text(data: bytes, root: Part) -> Iterator[str]:
     for part in root.walk():
         if part.ctype == "text" and not part.children:
             yield part_text(data, part)
+
+
+PREVIEW_CHARS = 256
+_TAGS = re.compile(r"<(script|style)\b.*?</\1\s*>|<[^>]*>", re.S | re.I)
+
+
+def preview(data: bytes, root: Part) -> str:
+    """RFC 8970 PREVIEW text: the first text/plain part (else the first text/html part, tags
+    removed), whitespace collapsed, at most 256 characters."""
+    chosen = None
+    for part in root.walk():
+        if part.ctype == "text" and not part.children:
+            if part.subtype == "plain":
+                chosen = part
+                break
+            if part.subtype == "html" and chosen is None:
+                chosen = part
+    if chosen is None:
+        return ""
+    text = part_text(data, chosen)
+    if chosen.subtype == "html":
+        import html
+        text = html.unescape(_TAGS.sub(" ", text))
+    return " ".join(text.split())[:PREVIEW_CHARS]

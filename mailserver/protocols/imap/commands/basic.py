@@ -1,0 +1,105 @@
+"""CAPABILITY, NOOP, CHECK, LOGOUT, ID, ENABLE, NAMESPACE and IDLE."""
+
+from __future__ import annotations
+
+from ..errors import bad
+from ..parser import Args, Atom
+from ..response import CRLF, nstring, string
+from . import ANY, AUTH, SELECTED, Done, Sync, command
+
+SERVER_ID = (("name", "mailserver"), ("vendor", "mailserver"))
+ID_MAX_PAIRS = 30
+ID_MAX_FIELD = 30
+ID_MAX_VALUE = 1024
+
+
+@command("CAPABILITY", ANY, sync=Sync.NONE)
+async def capability(session, tag: str, args: Args):
+    args.end()
+    session.writer.untagged("CAPABILITY " + " ".join(session.capabilities()))
+
+
+@command("NOOP", ANY, sync=Sync.FORCE)
+async def noop(session, tag: str, args: Args):
+    args.end()
+
+
+@command("CHECK", SELECTED, sync=Sync.FORCE)
+async def check(session, tag: str, args: Args):
+    args.end()
+
+
+@command("LOGOUT", ANY, sync=Sync.NONE)
+async def logout(session, tag: str, args: Args):
+    args.end()
+    session.writer.untagged("BYE Logging out")
+    session.close_after_reply = b""
+    session.info("logged out")
+    return "Logout completed"
+
+
+@command("ID", ANY, sync=Sync.NONE)
+async def id_(session, tag: str, args: Args):
+    """RFC 2971: log what the client says about itself (bounded), say who we are."""
+    item = args.next("ID parameter list")
+    args.end()
+    if isinstance(item, list):
+        if len(item) % 2 or len(item) > 2 * ID_MAX_PAIRS:
+            raise bad("ID list must hold at most 30 field/value pairs")
+        pairs = []
+        fields = Args(item)
+        while fields.more():
+            field = fields.string("ID field")
+            value = fields.nstring("ID value")
+            if len(field) > ID_MAX_FIELD or (value is not None and len(value) > ID_MAX_VALUE):
+                raise bad("ID field or value too long")
+            pairs.append(f"{field.decode('utf-8', 'replace')}={(value or b'').decode('utf-8', 'replace')!r}")
+        if pairs:
+            session.info("client id: {client}", client=" ".join(pairs))
+    elif not (isinstance(item, Atom) and item.upper() == "NIL"):
+        raise bad("Expected a parenthesised list or NIL")
+    body = b" ".join(string(k) + b" " + nstring(v) for k, v in SERVER_ID)
+    session.writer.write(b"* ID (" + body + b")" + CRLF)
+
+
+@command("ENABLE", AUTH, sync=Sync.NONE)
+async def enable(session, tag: str, args: Args):
+    """RFC 5161.  No extension that needs enabling is implemented yet: nothing is enabled."""
+    if not args.more():
+        raise bad("Missing capability")
+    while args.more():
+        args.atom("capability")
+    session.writer.untagged("ENABLED")
+
+
+@command("NAMESPACE", AUTH, sync=Sync.NONE)
+async def namespace(session, tag: str, args: Args):
+    args.end()
+    session.writer.untagged('NAMESPACE (("" "/")) NIL NIL')
+
+
+@command("IDLE", AUTH, sync=Sync.NONE, takes_input=True)
+async def idle(session, tag: str, args: Args):
+    """RFC 2177: report changes as they happen until the client sends DONE.
+
+    Storage signals every change (its index polls for other processes' writes every
+    ``idle_check_interval``), so IDLE only waits: for a client line or a signal.
+    """
+    args.end()
+    writer = session.writer
+    writer.write(b"+ idling" + CRLF)
+    writer.flush()
+    force = True
+    while True:
+        line = session.try_read_line()
+        if line is not None:
+            if line.strip().upper() == b"DONE":
+                return Done("Idle completed")
+            raise bad("Expected DONE to end IDLE")
+        if session.closed:
+            return None
+        if session.selected is not None:
+            await session.selected.sync(writer, expunges=True, force=force)
+            writer.flush()
+        force = False
+        await session.wait_event()
