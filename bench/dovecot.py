@@ -25,8 +25,9 @@ class Dovecot:
         self.base = base
         self.ports = {"imap": free_port(), "pop3": free_port(), "lmtp": free_port()}
         self.conf = os.path.join(base, "dovecot.conf")
-        os.chmod(base, 0o755)   # its auth process runs as the dovecot user
         os.makedirs(os.path.join(base, "run"), exist_ok=True)
+        for d in (base, os.path.dirname(base)):
+            os.chmod(d, 0o755)   # its auth process runs as the dovecot user and must reach the passwd file
         os.makedirs(os.path.join(base, "mail"), exist_ok=True)
         shutil.chown(os.path.join(base, "mail"), "nobody", "nogroup")   # mail is stored as nobody
         with open(os.path.join(base, "passwd"), "w") as f:

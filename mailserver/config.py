@@ -135,10 +135,19 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "max_recipients": Key(int, 1000, positive),
         "max_line_length": Key(int, 4096, positive, "Longest command line, bytes."),
         "idle_timeout": Key(float, 300.0, positive),
+        "recipient_delimiter": Key(str, "+", None,
+                                   "Characters separating user and detail in user+detail@domain; empty: none."),
     },
     "auth": {
         "passwd_file": Key(str, "", absolute_path, "Dovecot passwd-file with users and password hashes."),
         "username_case": Key(str, "lower", one_of("lower", "keep"), "Normalise usernames to lower case."),
+        "username_chars": Key(str, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ01234567890.-_@", None,
+                              "Characters allowed in a username (Dovecot's auth_username_chars); empty: any."),
+        "strip_domain": Key(bool, False, None,
+                            "Drop '@domain' from usernames (Dovecot's auth_username_format=%Ln), for a "
+                            "passwd-file without domains."),
+        "failure_delay": Key(float, 2.0, non_negative,
+                             "Seconds to wait before answering a failed login (Dovecot's auth_failure_delay)."),
     },
     "storage": {
         "format": Key(str, "rbox", None, "Mailbox format (entry point in mailserver.mailbox_formats)."),

@@ -43,7 +43,7 @@ class RunningServer:
                     f'shutdown_timeout = 10.0\n\n')
             for proto in ("imap", "pop3", "lmtp"):
                 f.write(f'[{proto}]\nlisten = ["127.0.0.1:0"]\n\n')
-            f.write(f'[auth]\npasswd_file = "{self.passwd_path}"\n\n')
+            f.write(f"[auth]\npasswd_file = \"{self.passwd_path}\"\nfailure_delay = 0.0\n\n")
             f.write(self.extra_config)
 
     # --- process ------------------------------------------------------------------------------
