@@ -47,6 +47,7 @@ class Server:
         for name in PROTOCOLS:
             module = importlib.import_module(f"mailserver.protocols.{name}")
             factory = module.build_factory(self.ctx)
+            factory.noisy = False   # we log our own listening lines
             bound[name] = []
             for spec in getattr(cfg, name).listen:
                 port = await endpoints.server_endpoint(reactor, spec).listen(factory)
