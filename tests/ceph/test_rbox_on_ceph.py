@@ -26,6 +26,8 @@ del test_index_loss_restores_uids_flags_keywords  # noqa: F821
 
 @pytest.fixture(autouse=True)
 def on_ceph(ceph_cluster, monkeypatch):
+    made = []
+
     def make_storage(tmp_path, **rbox):
         tag = hashlib.sha1(str(tmp_path).encode()).hexdigest()[:12]
         cfg = configmod.load(None, {
@@ -35,10 +37,20 @@ def on_ceph(ceph_cluster, monkeypatch):
             "rados": {"ceph_conf": ceph_cluster.conf_path, "pool": "rboxtest"},
             "cephfs": {"ceph_conf": ceph_cluster.conf_path, "root": f"/rbox-{tag}"},
         })
-        return plugins.load(plugins.MAILBOX_FORMATS, "rbox").from_config(cfg, plugins)
+        storage = plugins.load(plugins.MAILBOX_FORMATS, "rbox").from_config(cfg, plugins)
+        made.append(storage)
+        return storage
     monkeypatch.setattr(storage_tests, "make_storage", make_storage)
     monkeypatch.setattr(admin_tests, "make_storage", make_storage)
-    return make_storage
+    yield make_storage
+    # The tests never stop their storages (harmless on local files).  Ceph clients left
+    # connected when the cluster goes away make the interpreter hang or abort at exit.
+    for storage in made:
+        for driver in (storage.objects, storage.index_store):
+            try:
+                pytest_twisted.blockon(defer.Deferred.fromCoroutine(driver.stop()))
+            except Exception:
+                pass
 
 
 @pytest.fixture
