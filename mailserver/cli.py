@@ -33,6 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     csub = p.add_subparsers(dest="config_command", required=True, metavar="ACTION")
     c = csub.add_parser("check", help="validate and print the effective configuration")
     _config_arg(c)
+    csub.add_parser("doc", help="print the reference of every configuration key (Markdown)")
 
     p = sub.add_parser("pw", help="print a password hash for a passwd-file line (like doveadm pw)")
     p.add_argument("--scheme", "-s", default="SHA512-CRYPT", help="hash scheme (default SHA512-CRYPT)")
@@ -100,6 +101,10 @@ def _demo(args) -> int:
 
 
 def _config(args) -> int:
+    if args.config_command == "doc":
+        from mailserver import config
+        print(config.reference_markdown())
+        return 0
     cfg = _load_config(args.config)
     print(f"# {args.config}: valid")
     print(json.dumps(cfg.as_dict(), indent=2, sort_keys=True))

@@ -109,32 +109,43 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "hostname": Key(str, "", None, "Name used in greetings and Received headers (default: this host's FQDN)."),
         "log_format": Key(str, "auto", one_of("auto", "text", "json"),
                           "auto: text on a terminal, JSON lines otherwise."),
-        "log_level": Key(str, "info", one_of("debug", "info", "warn", "error")),
+        "log_level": Key(str, "info", one_of("debug", "info", "warn", "error"), "Least severe level logged."),
         "shutdown_timeout": Key(float, 30.0, positive, "Seconds to wait for in-flight writes on SIGTERM."),
         "io_threads": Key(int, 8, positive, "Threads for blocking storage I/O (local files, password hashing)."),
     },
     "imap": {
-        "listen": Key(list, ["127.0.0.1:143"], check_listen),
+        "listen": Key(list, ["127.0.0.1:143"], check_listen,
+                      'Addresses: "host:port", "[v6]:port", or Twisted endpoint descriptions '
+                      '("unix:/path", "systemd:domain=INET:index=0", "haproxy:tcp:143").'),
         "max_line_length": Key(int, 65536, positive, "Longest command line (without literals), bytes."),
         "max_literal_size": Key(int, 50 * 1024 * 1024, positive, "Largest literal and APPEND message, bytes (APPENDLIMIT)."),
         "max_pipelined_commands": Key(int, 100, positive, "Commands queued before the server stops reading."),
         "idle_check_interval": Key(float, 1.0, positive, "Seconds between checks for changes by other processes."),
         "max_auth_failures": Key(int, 3, positive, "Failed logins before the connection is closed."),
         "idle_timeout": Key(float, 1800.0, positive, "Seconds of client silence before disconnect (30 min, RFC 3501)."),
+        "literal_plus": Key(bool, True, None, "Advertise LITERAL+ (non-synchronising literals of any size); "
+                                              "false: LITERAL- (only up to 4096 bytes, RFC 7888)."),
+        "max_idle_per_user": Key(int, 50, positive, "Sessions of one user in IDLE at once; past it IDLE "
+                                                    "answers NO [LIMIT]."),
+        "max_search_keys": Key(int, 200, positive, "Search keys in one SEARCH program; past it BAD [LIMIT]."),
+        "alert": Key(str, "", None, "Text sent to every client after login as OK [ALERT] (maintenance "
+                                    "notices); empty: none."),
+        "urlauth_submit_user": Key(str, "", None, "The user a submission server logs in as to URLFETCH "
+                                                  "submit+ URLAUTH URLs (RFC 4467); empty: nobody can."),
     },
     "pop3": {
-        "listen": Key(list, ["127.0.0.1:110"], check_listen),
-        "max_line_length": Key(int, 1024, positive),
-        "max_auth_failures": Key(int, 3, positive),
-        "idle_timeout": Key(float, 600.0, positive),
+        "listen": Key(list, ["127.0.0.1:110"], check_listen, "Addresses, as for [imap] listen."),
+        "max_line_length": Key(int, 1024, positive, "Longest command line, bytes."),
+        "max_auth_failures": Key(int, 3, positive, "Failed logins before the connection is closed."),
+        "idle_timeout": Key(float, 600.0, positive, "Seconds of client silence before disconnect."),
         "uidl_format": Key(str, "%g", None, "Like Dovecot's pop3_uidl_format: %u UID, %v UIDVALIDITY, %g mail GUID."),
     },
     "lmtp": {
-        "listen": Key(list, ["127.0.0.1:24"], check_listen),
+        "listen": Key(list, ["127.0.0.1:24"], check_listen, "Addresses, as for [imap] listen (keep LMTP private)."),
         "max_message_size": Key(int, 50 * 1024 * 1024, positive, "Largest message accepted (SIZE), bytes."),
-        "max_recipients": Key(int, 1000, positive),
+        "max_recipients": Key(int, 1000, positive, "Recipients per transaction (more: 452 4.5.3)."),
         "max_line_length": Key(int, 4096, positive, "Longest command line, bytes."),
-        "idle_timeout": Key(float, 300.0, positive),
+        "idle_timeout": Key(float, 300.0, positive, "Seconds of client silence before 421 and disconnect."),
         "recipient_delimiter": Key(str, "+", None,
                                    "Characters separating user and detail in user+detail@domain; empty: none."),
     },
@@ -153,9 +164,9 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "format": Key(str, "rbox", None, "Mailbox format (entry point in mailserver.mailbox_formats)."),
         "mailboxes": Key(dict, DEFAULT_MAILBOXES, special_use_map,
                          "Mailboxes created for a new user, name = special use."),
-        "max_mailboxes": Key(int, 1000, positive),
-        "max_mailbox_name_length": Key(int, 255, positive),
-        "max_mailbox_depth": Key(int, 16, positive),
+        "max_mailboxes": Key(int, 1000, positive, "Mailboxes per user (more: NO [LIMIT])."),
+        "max_mailbox_name_length": Key(int, 255, positive, "Longest mailbox name, bytes of UTF-8."),
+        "max_mailbox_depth": Key(int, 16, positive, "Most hierarchy levels in a mailbox name."),
         "max_keywords": Key(int, 200, positive, "Keywords per mailbox."),
     },
     "dict": {
@@ -346,3 +357,36 @@ def _check_drivers(sections: dict, where: str) -> None:
         if name not in plugins.available(group):
             raise ConfigError(f"{where}: [{section}] {key}: no {group} plugin named {name!r} "
                               f"(installed: {', '.join(sorted(plugins.available(group))) or 'none'})")
+
+
+# --- reference documentation --------------------------------------------------------------------
+
+def _render_default(key: Key) -> str:
+    if key.type is str:
+        return f'"{key.default}"' if key.default else '""'
+    if key.type is bool:
+        return "true" if key.default else "false"
+    if key.type is list:
+        return "[" + ", ".join(f'"{v}"' for v in key.default) + "]"
+    if key.type is dict:
+        return "{" + ", ".join(f'{k} = "{v}"' for k, v in key.default.items()) + "}"
+    return repr(key.default)
+
+
+def reference_markdown() -> str:
+    """Every section and key the loader knows (installed plugins included), as Markdown."""
+    from mailserver import plugins
+    for group in plugins.GROUPS:
+        for name in plugins.available(group):
+            plugins.try_load(group, name)
+    out = []
+    for section, keys in sorted(schema().items()):
+        out.append(f"### [{section}]\n\n| key | type | default | meaning |\n| --- | --- | --- | --- |")
+        for name, key in keys.items():
+            default = _render_default(key).replace("|", "\\|")
+            doc = key.doc.replace("|", "\\|")
+            kind = {str: "string", int: "integer", float: "number", bool: "boolean", list: "list",
+                    dict: "table"}.get(key.type, key.type.__name__)
+            out.append(f"| `{name}` | {kind} | `{default}` | {doc} |")
+        out.append("")
+    return "\n".join(out)

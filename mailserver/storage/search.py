@@ -7,6 +7,7 @@ need only metadata are answered from the index and cache; Body/Text read bodies.
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import datetime
 
@@ -52,7 +53,7 @@ class Recent(Node):
 
 @dataclasses.dataclass(frozen=True)
 class UidIn(Node):
-    """UID within a set of inclusive ranges ((lo, hi), ...)."""
+    """UID within a set of inclusive ranges ((lo, hi), ...), ascending and disjoint."""
 
     ranges: tuple
 
@@ -222,6 +223,9 @@ def _day_of(ts: int) -> datetime.date:
     return datetime.datetime.fromtimestamp(ts).date()
 
 
+_MAX_UID = 2 ** 63
+
+
 def matches(node: Node, info, ctx: _Context) -> bool:
     """Does one message (``info``: MessageInfo) match ``node``?"""
     t = type(node)
@@ -238,7 +242,11 @@ def matches(node: Node, info, ctx: _Context) -> bool:
     if t is Recent:
         return info.uid >= ctx.recent_from
     if t is UidIn:
-        return any(lo <= info.uid <= hi for lo, hi in node.ranges)
+        ranges = node.ranges
+        if len(ranges) > 8:   # sorted, disjoint (seqset.uid_ranges): one bisection, not a scan
+            i = bisect.bisect_right(ranges, (info.uid, _MAX_UID)) - 1
+            return i >= 0 and ranges[i][0] <= info.uid <= ranges[i][1]
+        return any(lo <= info.uid <= hi for lo, hi in ranges)
     if t is Size:
         return info.vsize > node.size if node.larger else info.vsize < node.size
     if t is Date:

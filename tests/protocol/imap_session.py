@@ -11,7 +11,7 @@ from twisted.internet.testing import StringTransport
 
 from mailserver import config as configmod
 from mailserver import plugins
-from mailserver.auth import AuthResult, Authenticator
+from mailserver.auth import AuthResult, Authenticator, UserRecord
 from mailserver.context import ServerContext
 from mailserver.protocols.imap.server import IMAPServerFactory
 
@@ -35,15 +35,20 @@ class DictAuthenticator(Authenticator):
         return AuthResult(False, reason="wrong password")
 
     async def lookup(self, username):
-        return None
+        name = self.normalize(username)
+        return UserRecord(name) if name in self.users else None
 
 
-async def make_context(tmp_path, imap: dict | None = None, users: dict | None = None) -> ServerContext:
-    cfg = configmod.load(None, {"server": {"state_dir": str(tmp_path)}, "imap": imap or {}})
+async def make_context(tmp_path, imap: dict | None = None, users: dict | None = None,
+                       storage: dict | None = None) -> ServerContext:
+    cfg = configmod.load(None, {"server": {"state_dir": str(tmp_path)}, "imap": imap or {},
+                                "storage": storage or {}})
     storage = plugins.load(plugins.MAILBOX_FORMATS, "rbox").from_config(cfg, plugins)
     await storage.start()
     auth = DictAuthenticator(users or {"alice": "secret", "bob": "hunter2"})
-    return ServerContext(config=cfg, storage=storage, auth=auth)
+    dictionary = plugins.load(plugins.DICTS, cfg.dict.driver).from_config(cfg)
+    await dictionary.start()
+    return ServerContext(config=cfg, storage=storage, auth=auth, dict=dictionary)
 
 
 class Wire:

@@ -65,6 +65,7 @@ async def test_append_and_select(ctx):
         b"* OK [PERMANENTFLAGS (\\Answered \\Deleted \\Draft \\Flagged \\Seen $Work \\*)] Flags permitted",
         b"* 3 EXISTS", b"* 3 RECENT", b"* OK [UNSEEN 2] First unseen message",
         b"* OK [UIDVALIDITY %s] UIDs valid" % uidvalidity, b"* OK [UIDNEXT 4] Predicted next UID",
+        b"* OK [MAILBOXID (%s)] Ok" % w.proto.selected.mailbox.guid.encode(),
         b"t4 OK [READ-WRITE] Select completed"]
     lines = await w.cmd("FETCH 1 (FLAGS INTERNALDATE RFC822.SIZE)")
     assert lines == [b'* 1 FETCH (FLAGS (\\Recent \\Seen $Work) INTERNALDATE "17-Jul-1996 09:44:25 +0000" '

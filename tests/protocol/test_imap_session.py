@@ -2,6 +2,7 @@
 mailbox-list commands.  Real rbox storage (local drivers, temporary directory)."""
 
 import base64
+import re
 
 import pytest
 import pytest_twisted
@@ -223,7 +224,8 @@ async def test_mailbox_list_commands(ctx):
     w = Wire(ctx)
     w.take()
     await w.login()
-    assert await w.cmd("CREATE Entw&APw-rfe/2024/") == [b"t2 OK CREATE completed"]
+    created = await w.cmd("CREATE Entw&APw-rfe/2024/")
+    assert re.fullmatch(rb"t2 OK \[MAILBOXID \([0-9a-f]{32}\)\] CREATE completed", created[0]), created
     assert await w.cmd("CREATE inbox") == [b"t3 NO [ALREADYEXISTS] INBOX always exists"]
     assert await w.cmd("CREATE Sent") == [b"t4 NO [ALREADYEXISTS] Mailbox already exists"]
     lines = await w.cmd('LIST "" *')

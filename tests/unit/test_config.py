@@ -57,3 +57,13 @@ def test_config_check_command_exits_nonzero(tmp_path):
     ok = subprocess.run([sys.executable, "-m", "mailserver", "config", "check", "--config", "etc/mailserver.toml"],
                         capture_output=True, text=True)
     assert ok.returncode == 0 and '"format": "rbox"' in ok.stdout
+
+
+def test_every_key_is_documented():
+    from pathlib import Path
+    doc = Path("docs/configuration.md").read_text()
+    reference = config.reference_markdown()
+    assert reference.strip() in doc, "docs/configuration.md is stale: run scripts/gen-config-doc"
+    for section, keys in config.schema().items():
+        for name, key in keys.items():
+            assert key.doc, f"[{section}] {name} has no documentation"

@@ -3,8 +3,10 @@
 Modules: ``parser`` (the one command parser), ``seqset`` (sequence sets), ``mutf7`` (mailbox
 name encoding), ``names`` (mailbox names and LIST patterns), ``response`` (formatting and the
 buffered writer), ``errors`` (StorageError -> response codes), ``server`` (connection, queue,
-states), ``selected`` (the selected mailbox and its updates), ``commands/`` (handlers by group),
-``fetch`` and ``search``.
+states), ``selected`` (the selected mailbox and its updates), ``commands/`` (handlers by group:
+``append`` has APPEND/CATENATE/REPLACE, ``urlauth`` GENURLAUTH/URLFETCH/RESETKEY), ``fetch``
+(with ``binary`` for BINARY[]), ``search``, ``urls`` (RFC 5092 IMAP URLs, URLAUTH tokens) and
+``compress`` (COMPRESS=DEFLATE).
 """
 
 

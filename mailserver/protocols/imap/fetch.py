@@ -15,11 +15,12 @@ import re
 from mailserver.storage import mime
 from mailserver.storage.api import SEEN, FetchedMail, FetchItem, StoreMode
 
+from . import binary
 from .commands import SELECTED, Sync, command
 from .commands.messages import resolve
 from .errors import bad, no
 from .parser import Args, Atom, String, parse_tokens
-from .response import CRLF, astring, date_time, literal
+from .response import CRLF, astring, date_time, literal, nstring
 
 _HEADER_TEXTS = ("HEADER", "HEADER.FIELDS", "HEADER.FIELDS.NOT")
 _SECTION_ATT = re.compile(r"(BODY|BODY\.PEEK)\[(.*)\](?:<([0-9]+)\.([0-9]+)>)?\Z", re.DOTALL | re.IGNORECASE)
@@ -32,6 +33,8 @@ MACROS = {
     "FULL": ("FLAGS", "INTERNALDATE", "RFC822.SIZE", "ENVELOPE", "BODY"),
 }
 MAX_PART_DEPTH = 64
+# OBJECTID (RFC 8474), SAVEDATE (RFC 8514), PREVIEW (RFC 8970)
+_EXTENSION_ATTS = {"EMAILID", "THREADID", "SAVEDATE", "PREVIEW"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,15 +76,37 @@ def parse_atts(args: Args) -> list:
     items = item if isinstance(item, list) else [item]
     if not items:
         raise bad("Empty fetch attribute list")
-    return [_att(x) for x in items]
+    atts = []
+    for x in items:
+        if isinstance(x, list) and atts and atts[-1].kind == "PREVIEW":
+            _preview_modifiers(x)
+            continue
+        atts.append(_att(x))
+    if not isinstance(item, list) and atts[0].kind == "PREVIEW" and _is_preview_modifiers(args.peek()):
+        _preview_modifiers(args.next("PREVIEW modifiers"))
+    return atts
+
+
+def _is_preview_modifiers(item) -> bool:
+    return isinstance(item, list) and bool(item) and all(
+        isinstance(m, Atom) and m.upper() == "LAZY" for m in item)
+
+
+def _preview_modifiers(items: list) -> None:
+    """RFC 8970 ``PREVIEW (LAZY)``: previews are computed at delivery, so LAZY changes nothing."""
+    if not _is_preview_modifiers(items):
+        raise bad("Unknown PREVIEW modifier")
 
 
 def _att(item) -> FetchAtt:
     if not isinstance(item, Atom):
         raise bad("Invalid fetch attribute")
     name = item.upper()
-    if name in _SIMPLE:
+    if name in _SIMPLE or name in _EXTENSION_ATTS:
         return FetchAtt(name)
+    if name.startswith("BINARY"):
+        kind, label, part, partial, peek = binary.parse(item)
+        return FetchAtt(kind, label, SectionSpec(part), partial, peek)
     if name == "RFC822":
         return FetchAtt("SECTION", b"RFC822", SectionSpec(), None, peek=False)
     if name == "RFC822.HEADER":
@@ -155,6 +180,10 @@ def storage_items(atts: list) -> set:
             items.add(FetchItem.BODYSTRUCTURE)
         elif att.kind == "BODY":
             items.add(FetchItem.BODY)
+        elif att.kind == "PREVIEW":
+            items.add(FetchItem.PREVIEW)
+        elif att.kind in binary.KINDS:
+            items.update((FetchItem.DATA, FetchItem.PARTS))
         elif att.kind == "SECTION":
             if att.section.header_only:
                 items.add(FetchItem.HEADER)
@@ -196,7 +225,7 @@ async def fetch(session, tag: str, args: Args, uid: bool = False):
     mailbox = selected.mailbox
     items = storage_items(atts)
     seen_set = set()
-    if not selected.readonly and any(a.kind == "SECTION" and not a.peek for a in atts):
+    if not selected.readonly and any(a.kind in ("SECTION", "BINARY") and not a.peek for a in atts):
         unseen = [u for u in uids if (info := mailbox.info(u)) is not None and SEEN not in info.flags]
         if unseen:
             await mailbox.store(unseen, StoreMode.ADD, (SEEN,))
@@ -258,6 +287,16 @@ def _response(selected, msn: int, mail, atts: list, add_flags: bool) -> bytes:
             out.append(b"BODYSTRUCTURE " + (mail.bodystructure or "NIL").encode("utf-8"))
         elif kind == "BODY":
             out.append(b"BODY " + (mail.body or "NIL").encode("utf-8"))
+        elif kind in binary.KINDS:
+            out.append(binary.response(kind, att.label, att.section.part, att.partial, mail))
+        elif kind == "EMAILID":
+            out.append(b"EMAILID (%s)" % info.guid.encode("ascii"))
+        elif kind == "THREADID":
+            out.append(b"THREADID NIL")      # threads are not indexed (RFC 8474 allows NIL)
+        elif kind == "SAVEDATE":
+            out.append(b"SAVEDATE " + (date_time(info.savedate) if info.savedate else b"NIL"))
+        elif kind == "PREVIEW":
+            out.append(b"PREVIEW " + nstring(mail.preview))
         else:
             data = section_data(att, mail)
             if data is None:

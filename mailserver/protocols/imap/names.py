@@ -4,6 +4,7 @@ storage's Unicode names with ``/`` as separator, and LIST/LSUB pattern matching.
 from __future__ import annotations
 
 import re
+import unicodedata
 
 from mailserver.storage.api import SEPARATOR
 
@@ -22,17 +23,21 @@ def normalize(name: str) -> str:
 
 
 def decode(raw: bytes, utf8: bool = False) -> str:
-    """The Unicode name a client sent (not yet checked for validity as a mailbox name).
+    """The Unicode name a client sent (not yet checked for validity as a mailbox name), in
+    Unicode NFC, so a name means the same mailbox whether it came as modified UTF-7 or, after
+    ENABLE UTF8=ACCEPT, as UTF-8, composed or not (RFC 6855 section 3, Net-Unicode).
     Raises CommandError (NO [CANNOT]) with the reason when it cannot be decoded."""
     if utf8:
         try:
-            return raw.decode("utf-8")
+            name = raw.decode("utf-8")
         except UnicodeDecodeError:
             raise no("Invalid mailbox name: not valid UTF-8", "CANNOT") from None
-    try:
-        return mutf7.decode(raw)
-    except mutf7.InvalidMUTF7 as e:
-        raise no(f"Invalid mailbox name: {e}", "CANNOT") from None
+    else:
+        try:
+            name = mutf7.decode(raw)
+        except mutf7.InvalidMUTF7 as e:
+            raise no(f"Invalid mailbox name: {e}", "CANNOT") from None
+    return name if name.isascii() else unicodedata.normalize("NFC", name)
 
 
 def mailbox(raw: bytes, utf8: bool = False, *, trailing_separator: bool = False) -> str:
@@ -41,7 +46,11 @@ def mailbox(raw: bytes, utf8: bool = False, *, trailing_separator: bool = False)
     ``trailing_separator``: CREATE may end a name with the separator (a declaration that the
     client means to create children under it); it is dropped.
     """
-    name = decode(raw, utf8)
+    return check(decode(raw, utf8), trailing_separator=trailing_separator)
+
+
+def check(name: str, *, trailing_separator: bool = False) -> str:
+    """A decoded mailbox name, checked and normalised (see ``mailbox``)."""
     if trailing_separator and name.endswith(SEPARATOR) and name.strip(SEPARATOR):
         name = name.rstrip(SEPARATOR)
     if not name:
@@ -54,7 +63,12 @@ def mailbox(raw: bytes, utf8: bool = False, *, trailing_separator: bool = False)
 
 
 def encode(name: str, utf8: bool = False) -> bytes:
-    """A storage name as an IMAP astring (modified UTF-7 unless UTF8=ACCEPT is enabled)."""
+    """A storage name as an IMAP astring (modified UTF-7 unless UTF8=ACCEPT is enabled, then
+    UTF-8, quoted where it can be: RFC 6855 allows UTF-8 in quoted strings)."""
+    if utf8 and not name.isascii():
+        data = name.encode("utf-8")
+        if len(data) < 1024 and not any(c in name for c in '"\\\r\n\0'):
+            return b'"' + data + b'"'
     return astring(name if utf8 else mutf7.encode(name))
 
 

@@ -113,9 +113,11 @@ class CommandParser:
     """Incremental parser of client commands (see the module docstring)."""
 
     def __init__(self, max_line_length: int = 65536, max_literal_size: int = 50 * 1024 * 1024,
-                 max_command_size: int | None = None):
+                 max_command_size: int | None = None, max_nonsync_literal: int | None = None):
         self.max_line_length = max_line_length
         self.max_literal_size = max_literal_size
+        # LITERAL- (RFC 7888): larger non-synchronising literals are refused (None: LITERAL+)
+        self.max_nonsync_literal = max_nonsync_literal
         self.max_command_size = max_command_size or (max_literal_size + max_line_length)
         self._buf = bytearray()
         self._scan_from = 0          # where to resume looking for a line end
@@ -162,6 +164,13 @@ class CommandParser:
         del self._buf[:nl + 1]
         self._scan_from = 0
         return line[:-1] if line.endswith(b"\r") else line
+
+    def take_buffer(self) -> bytes:
+        """Every buffered byte, removed (COMPRESS: what follows the command is compressed).
+        Only valid between commands."""
+        data = bytes(self._buf)
+        self.discard_buffer()
+        return data
 
     def discard_buffer(self) -> int:
         """Drop every buffered byte (STARTTLS must not run commands sent before it); returns how many."""
@@ -288,6 +297,16 @@ class CommandParser:
             return cmd
         size, sync, lit8 = literal
         total = self._size + size
+        if (not sync and self.max_nonsync_literal is not None and size > self.max_nonsync_literal
+                and size <= self.max_literal_size and total <= self.max_command_size):
+            # RFC 7888 section 5: BAD [TOOBIG]; the literal is on the way, so skip it and the rest
+            # of the command, then go on.
+            tag = self._tag
+            self._reset()
+            self._need = size
+            self._state = _S_SKIP_LITERAL
+            return ParseError(tag, "Non-synchronising literals above %d bytes are not allowed (LITERAL-)"
+                              % self.max_nonsync_literal, "TOOBIG")
         if size > self.max_literal_size or total > self.max_command_size:
             tag = self._tag
             self._reset()

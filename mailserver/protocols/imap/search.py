@@ -28,6 +28,7 @@ _HEADER_KEYS = {"SUBJECT": "Subject", "FROM": "From", "TO": "To", "CC": "Cc", "B
 _DATE_KEYS = {
     "BEFORE": ("internal", "before"), "ON": ("internal", "on"), "SINCE": ("internal", "since"),
     "SENTBEFORE": ("sent", "before"), "SENTON": ("sent", "on"), "SENTSINCE": ("sent", "since"),
+    "SAVEDBEFORE": ("save", "before"), "SAVEDON": ("save", "on"), "SAVEDSINCE": ("save", "since"),
 }
 _MONTHS = {m: i for i, m in enumerate(
     ("JAN", "FEB", "MAR", "APR", "MAY", "JUN", "JUL", "AUG", "SEP", "OCT", "NOV", "DEC"), 1)}
@@ -35,18 +36,21 @@ _DATE = re.compile(r"([0-9]{1,2})-([A-Za-z]{3})-([0-9]{4})\Z")
 
 
 class _Context:
-    __slots__ = ("view", "uid_mode", "saved", "charset")
+    __slots__ = ("view", "uid_mode", "saved", "charset", "keys_left")
 
-    def __init__(self, view, uid_mode, saved, charset):
+    def __init__(self, view, uid_mode, saved, charset, max_keys=None):
         self.view, self.uid_mode, self.saved, self.charset = view, uid_mode, saved, charset
+        self.keys_left = max_keys
 
 
-def parse_search(args: Args, view: Sequence[int], saved: Sequence[int] | None = None) -> s.Node:
+def parse_search(args: Args, view: Sequence[int], saved: Sequence[int] | None = None,
+                 max_keys: int | None = None) -> s.Node:
     """The search program for the rest of ``args`` (``[CHARSET name] key *(SP key)``).
 
     ``view``: the selected mailbox's UIDs, ascending, to resolve sequence numbers.
-    ``saved``: the SEARCHRES result (``$``).  Raises BadSyntax or CommandError
-    (``NO [BADCHARSET]`` for an unknown charset).
+    ``saved``: the SEARCHRES result (``$``).  ``max_keys``: most search keys allowed (each
+    key, NOT, OR and parenthesised list counts one).  Raises BadSyntax or CommandError
+    (``NO [BADCHARSET]`` for an unknown charset, ``BAD [LIMIT]`` past ``max_keys``).
     """
     charset = "UTF-8"
     if args.peek_atom() == "CHARSET":
@@ -54,7 +58,7 @@ def parse_search(args: Args, view: Sequence[int], saved: Sequence[int] | None = 
         charset = args.astring("charset").decode("ascii", "replace").upper()
         if charset not in CHARSETS:
             raise no("Unsupported charset", "BADCHARSET (" + " ".join(CHARSETS) + ")")
-    ctx = _Context(view, False, saved, charset)
+    ctx = _Context(view, False, saved, charset, max_keys)
     keys = []
     while args.more():
         keys.append(_key(args, ctx, 0))
@@ -66,6 +70,10 @@ def parse_search(args: Args, view: Sequence[int], saved: Sequence[int] | None = 
 def _key(args: Args, ctx: _Context, depth: int) -> s.Node:
     if depth > MAX_DEPTH:
         raise BadSyntax("Search program too deeply nested")
+    if ctx.keys_left is not None:
+        ctx.keys_left -= 1
+        if ctx.keys_left < 0:
+            raise CommandError("BAD", "Search program has too many keys", "LIMIT")
     item = args.next("search key")
     if isinstance(item, list):
         inner = Args(item)
@@ -119,6 +127,13 @@ def _key(args: Args, ctx: _Context, depth: int) -> s.Node:
         return s.Or(left, _key(args, ctx, depth + 1))
     if key == "UID":
         return s.UidIn(_set(args.atom("UID set"), ctx, uid=True))
+    if key == "SAVEDATESUPPORTED":      # RFC 8514: every mailbox here keeps save dates
+        return s.All()
+    if key == "EMAILID":                # RFC 8474
+        return s.EmailId(args.atom("email id"))
+    if key == "THREADID":               # threads are not indexed: THREADID is NIL everywhere
+        args.atom("thread id")
+        return s.Not(s.All())
     if key[:1].isdigit() or key[:1] in "*$":
         return s.UidIn(_set(item, ctx, uid=False))
     raise BadSyntax(f"Unknown search key {key[:40]}")

@@ -54,13 +54,17 @@ class IMAPServerProtocol(Protocol):
         self.config = ctx.config.imap
         self.clock = clock
         self.commands = commands.load()
-        self.parser = CommandParser(self.config.max_line_length, self.config.max_literal_size)
+        self.parser = CommandParser(self.config.max_line_length, self.config.max_literal_size,
+                                    max_nonsync_literal=None if self.config.literal_plus else 4096)
         self.session_id = secrets.token_urlsafe(9)
         self.state = State.NOT_AUTHENTICATED
         self.username: str | None = None
         self.user = None
         self.selected = None
         self.utf8 = False
+        self.idling = False                 # in IDLE (counted against [imap] max_idle_per_user)
+        self.compression = None             # compress.Deflate once COMPRESS=DEFLATE is active
+        self._after_reply: list = []        # run once the tagged answer is handed to the transport
         self.auth_failures = 0
         self.peer = ""
         self.writer: ResponseWriter | None = None
@@ -93,11 +97,15 @@ class IMAPServerProtocol(Protocol):
     # --- capabilities ---------------------------------------------------------------------------
     def capabilities(self) -> list[str]:
         """What this server implements, for CAPABILITY and the greeting/LOGIN response codes."""
-        caps = ["IMAP4rev1", "LITERAL+", "SASL-IR", "ID", "ENABLE", "IDLE", "NAMESPACE", "UNSELECT",
+        caps = ["IMAP4rev1", "LITERAL+" if self.config.literal_plus else "LITERAL-", "SASL-IR", "ID",
+                "ENABLE", "IDLE", "NAMESPACE", "UNSELECT",
                 "UIDPLUS", "CHILDREN", "SPECIAL-USE", "MOVE", "MULTIAPPEND", "STATUS=SIZE",
                 f"APPENDLIMIT={self.config.max_literal_size}"]
+        caps += ["BINARY", "CATENATE", "REPLACE", "UTF8=ACCEPT", "OBJECTID", "SAVEDATE", "PREVIEW"]
         if self.state is State.NOT_AUTHENTICATED:
             caps += ["AUTH=" + name for name in sasl.names()]
+        else:
+            caps += ["COMPRESS=DEFLATE", "UNAUTHENTICATE"] + (["URLAUTH"] if self.ctx.dict is not None else [])
         return caps
 
     # --- connection -----------------------------------------------------------------------------
@@ -123,6 +131,15 @@ class IMAPServerProtocol(Protocol):
             return
         if self._timer is not None and self._timer.active():
             self._timer.reset(self.config.idle_timeout)
+        if self.compression is not None:
+            self.compression.received(data)     # inflated, then handed to plain_received
+            return
+        self.plain_received(data)
+
+    def plain_received(self, data: bytes) -> None:
+        """Client bytes as the protocol sees them (after COMPRESS inflation)."""
+        if self._closing:
+            return
         self.parser.feed(data)
         self._wake()
         self._pump()
@@ -229,6 +246,12 @@ class IMAPServerProtocol(Protocol):
         elif not full and self._reading_paused:
             self._reading_paused = False
             self.transport.resumeProducing()
+            if self.compression is not None:
+                self.compression.resume()       # inflate what arrived before the pause
+
+    @property
+    def reading_paused(self) -> bool:
+        return self._reading_paused
 
     def _wake(self) -> None:
         """Input arrived, the connection ended, or the selected mailbox changed."""
@@ -298,6 +321,10 @@ class IMAPServerProtocol(Protocol):
                 if self.writer.paused:
                     await self.writer.drain()
                 self.writer.flush()
+                if self._after_reply:
+                    hooks, self._after_reply = self._after_reply, []
+                    for hook in hooks:
+                        hook()
                 self._pump()
         finally:
             self._running = False
@@ -358,6 +385,7 @@ class IMAPServerProtocol(Protocol):
             log.failure("imap session={session} user={user} peer={peer}: {command} failed",
                         Failure(), command=name, **self.log_fields())
             status, code, text = "NO", "SERVERBUG", "Internal server error; the administrator was told"
+        self.idling = False
         if self._closed:
             return
         if self.selected is not None and spec.sync is not Sync.NONE:
@@ -406,6 +434,25 @@ class IMAPServerProtocol(Protocol):
     def wake(self) -> None:
         """Called when the selected mailbox changed (IDLE reports it at once)."""
         self._wake()
+
+    def after_reply(self, hook) -> None:
+        """Run ``hook()`` once the current command's tagged answer has been handed to the
+        transport (COMPRESS starts compressing only after its OK)."""
+        self._after_reply.append(hook)
+
+    async def unauthenticate(self) -> None:
+        """RFC 8437: back to the not-authenticated state, as after the greeting (TLS and
+        COMPRESS stay; the user's storage and every ENABLEd extension are released)."""
+        await self.unselect()
+        user, self.user = self.user, None
+        self.username = None
+        self.state = State.NOT_AUTHENTICATED
+        self.utf8 = False
+        enabled = getattr(self, "enabled", None)
+        if isinstance(enabled, set):
+            enabled.clear()
+        if user is not None:
+            await user.close()
 
 
 class IMAPServerFactory(Factory):

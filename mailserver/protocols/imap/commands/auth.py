@@ -11,7 +11,7 @@ from mailserver.auth import sasl
 from ..errors import CommandError, bad, no
 from ..parser import Args
 from ..response import CRLF
-from . import NOT_AUTH, Done, State, Sync, command
+from . import AUTH, NOT_AUTH, Done, State, Sync, command
 
 SERVICE = "imap"
 
@@ -75,6 +75,10 @@ async def _finish(session, result: AuthResult):
         session.state = State.AUTHENTICATED
         session.auth_failures = 0
         session.info("logged in")
+        alert = session.config.alert
+        if alert:
+            # An admin's notice (RFC 3501 7.1: the client must show ALERT text to the user).
+            session.writer.untagged("OK [ALERT] " + "".join(c if c >= " " else " " for c in alert))
         return Done("Logged in", "CAPABILITY " + " ".join(session.capabilities()))
     if result.temporary:
         raise no("Authentication service unavailable, try again later", "UNAVAILABLE")
@@ -82,3 +86,13 @@ async def _finish(session, result: AuthResult):
     if session.auth_failures >= session.config.max_auth_failures:
         session.close_after_reply = b"* BYE Too many authentication failures\r\n"
     raise CommandError("NO", "Authentication failed", "AUTHENTICATIONFAILED")
+
+
+@command("UNAUTHENTICATE", AUTH, sync=Sync.NONE)
+async def unauthenticate(session, tag: str, args: Args):
+    """RFC 8437: end the login (the selected mailbox is closed without expunging) and go back
+    to the not-authenticated state; the connection, TLS and COMPRESS stay."""
+    args.end()
+    session.info("unauthenticated")
+    await session.unauthenticate()
+    return Done("Unauthenticate completed", "CAPABILITY " + " ".join(session.capabilities()))

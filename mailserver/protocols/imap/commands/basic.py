@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..errors import bad
+from ..errors import bad, no
 from ..parser import Args, Atom
 from ..response import CRLF, nstring, string
 from . import ANY, AUTH, SELECTED, Done, Sync, command
@@ -64,12 +64,17 @@ async def id_(session, tag: str, args: Args):
 
 @command("ENABLE", AUTH, sync=Sync.NONE)
 async def enable(session, tag: str, args: Args):
-    """RFC 5161.  No extension that needs enabling is implemented yet: nothing is enabled."""
+    """RFC 5161.  UTF8=ACCEPT (RFC 6855) sets ``session.utf8``: mailbox names in UTF-8 both
+    ways, UTF8 (~{n}) in APPEND.  Unknown capabilities are ignored, as the RFC says."""
     if not args.more():
         raise bad("Missing capability")
+    enabled = []
     while args.more():
-        args.atom("capability")
-    session.writer.untagged("ENABLED")
+        name = args.atom("capability").upper()
+        if name == "UTF8=ACCEPT" and not session.utf8:
+            session.utf8 = True
+            enabled.append(name)
+    session.writer.untagged(" ".join(["ENABLED"] + enabled))
 
 
 @command("NAMESPACE", AUTH, sync=Sync.NONE)
@@ -86,6 +91,12 @@ async def idle(session, tag: str, args: Args):
     ``idle_check_interval``), so IDLE only waits: for a client line or a signal.
     """
     args.end()
+    limit = session.config.max_idle_per_user
+    idling = sum(1 for c in session.ctx.connections
+                 if getattr(c, "idling", False) and c.username == session.username)
+    if idling >= limit:
+        raise no(f"Too many IDLE sessions for this user (at most {limit})", "LIMIT")
+    session.idling = True           # the server clears it when the command ends
     writer = session.writer
     writer.write(b"+ idling" + CRLF)
     writer.flush()

@@ -14,6 +14,7 @@ from ..selected import Selected
 from . import AUTH, Done, State, Sync, command
 
 STATUS_ITEMS = ("MESSAGES", "RECENT", "UIDNEXT", "UIDVALIDITY", "UNSEEN", "SIZE", "DELETED")
+STATUS_ITEMS += ("MAILBOXID", "APPENDLIMIT")     # RFC 8474, RFC 7889
 
 
 def mailbox_arg(session, args: Args, what: str = "mailbox name", **kw) -> str:
@@ -58,6 +59,7 @@ async def _select(session, args: Args, readonly: bool):
         w.write(b"* OK [UNSEEN %d] First unseen message\r\n" % first_unseen)
     w.write(b"* OK [UIDVALIDITY %d] UIDs valid\r\n" % mailbox.uidvalidity)
     w.write(b"* OK [UIDNEXT %d] Predicted next UID\r\n" % mailbox.uidnext)
+    w.write(b"* OK [MAILBOXID (%s)] Ok\r\n" % mailbox.guid.encode("ascii"))
     session.debug("selected {mailbox}", mailbox=name)
     if selected.readonly:
         return Done("Examine completed", "READ-ONLY")
@@ -72,8 +74,8 @@ async def create(session, tag: str, args: Args):
     args.end()
     if name == names.INBOX:
         raise storage_answer(StorageError(ErrorKind.EXISTS), texts={ErrorKind.EXISTS: "INBOX always exists"})
-    await session.user.create_mailbox(name)
-    return "CREATE completed"
+    info = await session.user.create_mailbox(name)
+    return Done("CREATE completed", f"MAILBOXID ({info.guid})")
 
 
 @command("DELETE", AUTH)
@@ -201,6 +203,7 @@ async def status(session, tag: str, args: Args):
     st = await session.user.status(name)
     values = {"MESSAGES": st.messages, "RECENT": st.recent, "UIDNEXT": st.uidnext,
               "UIDVALIDITY": st.uidvalidity, "UNSEEN": st.unseen, "SIZE": st.size, "DELETED": st.deleted}
+    values.update(MAILBOXID=f"({st.guid})", APPENDLIMIT=session.config.max_literal_size)
     body = " ".join(f"{item} {values[item]}" for item in wanted)
     session.writer.write(b"* STATUS " + names.encode(name, session.utf8) + b" (" + body.encode() + b")" + CRLF)
     return "STATUS completed"

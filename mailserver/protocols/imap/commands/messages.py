@@ -1,5 +1,5 @@
 """Selected-state commands: STORE, COPY, MOVE, EXPUNGE, CLOSE, UNSELECT, SEARCH (FETCH is in
-``fetch.py``); and APPEND, which shares flag parsing with STORE."""
+``fetch.py``, APPEND and REPLACE in ``append.py``); flag and date-time parsing they share."""
 
 from __future__ import annotations
 
@@ -12,10 +12,10 @@ from mailserver.storage.errors import StorageError
 
 from .. import names
 from ..errors import bad, no, storage_answer
-from ..parser import Args, Atom, Literal, Literal8, String
+from ..parser import Args, Atom
 from ..search import parse_search
 from ..seqset import InvalidSequenceSet, OutOfRange, SequenceSet, format_uids
-from . import AUTH, SELECTED, Done, Sync, command
+from . import SELECTED, Done, Sync, command
 
 _KEYWORD_SPECIALS = set('(){%*"\\]')
 _STORE_MODES = {"FLAGS": StoreMode.REPLACE, "+FLAGS": StoreMode.ADD, "-FLAGS": StoreMode.REMOVE}
@@ -184,8 +184,10 @@ async def unselect(session, tag: str, args: Args):
 async def search(session, tag: str, args: Args, uid: bool = False):
     if args.peek_atom() == "RETURN":
         raise bad("SEARCH RETURN is not supported")
+    if session.utf8 and args.peek_atom() == "CHARSET":
+        raise bad("No CHARSET after ENABLE UTF8=ACCEPT: search strings are UTF-8")  # RFC 6855 section 3
     selected = session.selected
-    program = parse_search(args, selected.uids())
+    program = parse_search(args, selected.uids(), max_keys=session.config.max_search_keys)
     found = await selected.mailbox.search(program)
     if uid:
         numbers = found
@@ -195,53 +197,7 @@ async def search(session, tag: str, args: Args, uid: bool = False):
     return "SEARCH completed"
 
 
-# --- APPEND -----------------------------------------------------------------------------------
-
-@command("APPEND", AUTH)
-async def append(session, tag: str, args: Args):
-    """APPEND with MULTIAPPEND (RFC 3502): every message is saved, or none; APPENDUID answers."""
-    name = names.mailbox(args.astring("mailbox name"), session.utf8)
-    messages = []
-    while True:
-        flags: list = []
-        internaldate = None
-        if isinstance(args.peek(), list):
-            flags = parse_flags(args.list("flag list").items)
-        date = args.peek()
-        if isinstance(date, String) and not isinstance(date, Literal):
-            internaldate = _date_time(args.string("date-time"))
-        message = args.next("message literal")
-        if isinstance(message, Literal8):
-            raise no("Binary literals are not supported", "CANNOT")
-        if not isinstance(message, Literal):
-            raise bad("Expected a message literal")
-        if not message:
-            raise no("Cannot save an empty message", "CLIENTBUG")
-        messages.append((bytes(message), flags, internaldate))
-        if not args.more():
-            break
-    tx = session.user.begin_save(name)
-    try:
-        for data, flags, internaldate in messages:
-            await tx.add(data, flags, internaldate)
-        result = await tx.commit()
-    except StorageError as e:
-        await _rollback(session, tx)
-        raise storage_answer(e, trycreate=True) from e
-    except BaseException:
-        await _rollback(session, tx)
-        raise
-    selected = session.selected
-    if selected is not None and selected.mailbox.name == name:
-        await selected.sync(session.writer, expunges=True, force=True)
-    return Done("APPEND completed", f"APPENDUID {result.uidvalidity} {format_uids(result.uids)}")
-
-
-async def _rollback(session, tx) -> None:
-    try:
-        await tx.rollback()
-    except Exception as e:  # the original error is what the client must hear about
-        session.warn("APPEND rollback failed: {error!r}", error=e)
+# APPEND (and REPLACE) live in ``append.py``; they share ``parse_flags`` and ``_date_time``.
 
 
 def _date_time(raw: bytes) -> int:
