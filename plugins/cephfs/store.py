@@ -20,6 +20,7 @@ import itertools
 import math
 import os
 import posixpath
+import threading
 import uuid
 from typing import Iterable
 
@@ -91,6 +92,8 @@ class CephFSIndexStore(IndexStore):
         self._sync_waiters: list[Deferred] = []
         self._sync_paths: set[str] = set()
         self._sync_running: Deferred | None = None
+        self._jobs = 0                            # pool jobs queued or running
+        self._jobs_done = threading.Condition()
 
     @classmethod
     def from_config(cls, config) -> "CephFSIndexStore":
@@ -106,7 +109,17 @@ class CephFSIndexStore(IndexStore):
         fs = self._fs
         if fs is None:
             raise StorageError(ErrorKind.TEMPORARY, f"{what}: CephFS not mounted")
-        d = threads.run(self._pool_name, fn, fs, *args)
+        with self._jobs_done:
+            self._jobs += 1
+
+        def job():
+            try:
+                return fn(fs, *args)
+            finally:
+                with self._jobs_done:
+                    self._jobs -= 1
+                    self._jobs_done.notify_all()
+        d = threads.run(self._pool_name, job)
         d.addTimeout(self.op_timeout, self._reactor)
         try:
             return await d
@@ -173,12 +186,19 @@ class CephFSIndexStore(IndexStore):
         fs, self._fs = self._fs, None
         if fs is not None:
             def unmount():
+                # A call past its deadline may still be inside libcephfs: unmounting under it
+                # would block its thread for ever (and the process's exit with it).
+                with self._jobs_done:
+                    idle = self._jobs_done.wait_for(lambda: self._jobs == 0, timeout=3 * self.op_timeout + 5)
+                if not idle:
+                    log.warn("cephfs: calls still blocked in libcephfs at stop; not unmounting")
+                    return
                 try:
                     fs.unmount()
                 finally:
                     fs.shutdown()
             d = threads.run(self._pool_name, unmount)
-            d.addTimeout(self.op_timeout, self._reactor)
+            d.addTimeout(4 * self.op_timeout + 10, self._reactor)
             try:
                 await d
             except Exception as e:

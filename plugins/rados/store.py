@@ -24,6 +24,8 @@ import errno
 import json
 import math
 import queue
+import threading
+import time
 
 from twisted.internet import reactor as default_reactor
 from twisted.internet.defer import TimeoutError as DeferredTimeout
@@ -91,6 +93,8 @@ class RadosObjectStore(ObjectStore):
         self._cluster = None
         self._ioctx = None                   # used on the reactor thread only (aio submission)
         self._thread_ioctxs: queue.SimpleQueue = queue.SimpleQueue()   # for pool-thread calls
+        self._thread_jobs = 0                 # pool-thread calls queued or running
+        self._thread_jobs_done = threading.Condition()
         self._all_ioctxs: list = []
 
     @classmethod
@@ -215,6 +219,15 @@ class RadosObjectStore(ObjectStore):
             self._thread_ioctxs = queue.SimpleQueue()
 
             def shutdown():
+                # A call that outlived its deadline may still be inside librados: shutting the
+                # client down under it would leave its thread blocked for ever (and the
+                # process unable to exit).  librados ends it by rados_osd_op_timeout.
+                with self._thread_jobs_done:
+                    idle = self._thread_jobs_done.wait_for(lambda: self._thread_jobs == 0,
+                                                           timeout=3 * self.op_timeout + 5)
+                if not idle:
+                    log.warn("rados: calls still blocked in librados at stop; not shutting the client down")
+                    return
                 for io in ioctxs:
                     io.close()
                 cluster.shutdown()
@@ -257,13 +270,20 @@ class RadosObjectStore(ObjectStore):
         if self._cluster is None:
             raise StorageError(ErrorKind.TEMPORARY, "rados: not connected")
         ioctxs = self._thread_ioctxs
+        with self._thread_jobs_done:
+            self._thread_jobs += 1
 
         def job():
-            io = ioctxs.get()
             try:
-                return fn(io, *args)
+                io = ioctxs.get()
+                try:
+                    return fn(io, *args)
+                finally:
+                    ioctxs.put(io)
             finally:
-                ioctxs.put(io)
+                with self._thread_jobs_done:
+                    self._thread_jobs -= 1
+                    self._thread_jobs_done.notify_all()
 
         d = threads.run(THREADS, job)
         d.addTimeout(self.op_timeout, self._reactor)
@@ -392,10 +412,28 @@ class RadosObjectStore(ObjectStore):
         await self._aio.submit(f"rados delete {ns}/{oid}", lambda cb: io.aio_remove(oid, oncomplete=cb),
                                ok_errnos={errno.ENOENT})
 
+    def _listing(self, io) -> list:
+        """Every object the Ioctx lists (pool thread).  python-rados ends the iteration on ANY
+        error, so a listing cut short by rados_osd_op_timeout would look complete (seen: an
+        empty list after exactly the timeout).  A step that ended the listing after about that
+        long is taken for a timeout."""
+        librados_timeout = max(1, math.ceil(self.op_timeout))
+        it = io.list_objects()
+        out = []
+        while True:
+            started = time.monotonic()
+            try:
+                out.append(next(it))
+            except StopIteration:
+                if time.monotonic() - started >= 0.9 * librados_timeout:
+                    raise StorageError(ErrorKind.TEMPORARY, f"rados: listing in pool {self.pool} "
+                                                            f"timed out after {librados_timeout} s") from None
+                return out
+
     async def list(self, ns: str) -> list[str]:
         def names(io, ns):
             io.set_namespace(ns)
-            return [obj.key for obj in io.list_objects() if not obj.key.startswith(STATE_PREFIX)]
+            return [obj.key for obj in self._listing(io) if not obj.key.startswith(STATE_PREFIX)]
         return await self._in_thread(f"rados list {ns}", names, ns)
 
     async def list_namespaces(self) -> list[str]:
@@ -403,7 +441,7 @@ class RadosObjectStore(ObjectStore):
         def namespaces(io):
             import rados
             io.set_namespace(rados.LIBRADOS_ALL_NSPACES)
-            found = {obj.nspace for obj in io.list_objects()}
+            found = {obj.nspace for obj in self._listing(io)}
             found.discard("")
             return sorted(found)
         return await self._in_thread("rados list_namespaces", namespaces)
@@ -443,7 +481,7 @@ class RadosObjectStore(ObjectStore):
     async def list_states(self, ns: str) -> list[str]:
         def names(io, ns):
             io.set_namespace(ns)
-            return sorted(obj.key[len(STATE_PREFIX):] for obj in io.list_objects()
+            return sorted(obj.key[len(STATE_PREFIX):] for obj in self._listing(io)
                           if obj.key.startswith(STATE_PREFIX))
         return await self._in_thread(f"rados list_states {ns}", names, ns)
 
