@@ -19,6 +19,10 @@ from mailserver.storage.errors import StorageError
 def run(config, args) -> int:
     """Run one admin command to completion; exit status 0 on success, 1 on failure."""
     result = {"code": 0}
+    if getattr(args, "user", None):
+        # The one username rule, so the admin reaches the namespace the user logs in to.
+        from mailserver.auth.service import UsernameRule
+        args.user = UsernameRule.from_config(config).normalize(args.user)
 
     async def main():
         from mailserver import log as logsetup

@@ -30,6 +30,7 @@ class Key:
     check: Callable[[Any], str | None] | None = None
     doc: str = ""
     required: bool = False
+    item: type = str            # element type of a list (str, or dict for arrays of tables)
 
 
 # --- value checks -------------------------------------------------------------------------------
@@ -89,6 +90,28 @@ def absolute_path(value: str) -> str | None:
     return None if value == "" or os.path.isabs(value) else "must be an absolute path"
 
 
+def networks(value: list) -> str | None:
+    for item in value:
+        try:
+            ipaddress.ip_network(item, strict=False)
+        except ValueError:
+            return f"{item!r}: not an address or network (such as 192.0.2.0/24 or ::1)"
+    return None
+
+
+def mailbox_name(value: str) -> str | None:
+    if not value or value.upper() == "INBOX":
+        return "must name a mailbox other than INBOX"
+    return None
+
+
+def keyword(value: str) -> str | None:
+    if not value or value.startswith("\\") or any(c in value for c in ' (){%*"]\\') or not value.isascii() \
+            or not value.isprintable():
+        return "must be an IMAP keyword (an atom such as $POP3Deleted)"
+    return None
+
+
 def special_use_map(value: dict) -> str | None:
     from mailserver.storage.api import SPECIAL_USES
     for name, use in value.items():
@@ -112,11 +135,15 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "log_level": Key(str, "info", one_of("debug", "info", "warn", "error"), "Least severe level logged."),
         "shutdown_timeout": Key(float, 30.0, positive, "Seconds to wait for in-flight writes on SIGTERM."),
         "io_threads": Key(int, 8, positive, "Threads for blocking storage I/O (local files, password hashing)."),
+        "max_connections": Key(int, 5000, positive, "Open connections over all listeners; more are refused."),
+        "max_connections_per_ip": Key(int, 50, positive,
+                                      "Open IMAP and POP3 connections from one client address; more are refused."),
     },
     "imap": {
         "listen": Key(list, ["127.0.0.1:143"], check_listen,
                       'Addresses: "host:port", "[v6]:port", or Twisted endpoint descriptions '
                       '("unix:/path", "systemd:domain=INET:index=0", "haproxy:tcp:143").'),
+        "listen_tls": Key(list, [], check_listen, "Implicit-TLS listeners (port 993); needs [tls]."),
         "max_line_length": Key(int, 65536, positive, "Longest command line (without literals), bytes."),
         "max_literal_size": Key(int, 50 * 1024 * 1024, positive, "Largest literal and APPEND message, bytes (APPENDLIMIT)."),
         "max_pipelined_commands": Key(int, 100, positive, "Commands queued before the server stops reading."),
@@ -135,10 +162,21 @@ SCHEMA: dict[str, dict[str, Key]] = {
     },
     "pop3": {
         "listen": Key(list, ["127.0.0.1:110"], check_listen, "Addresses, as for [imap] listen."),
+        "listen_tls": Key(list, [], check_listen, "Implicit-TLS listeners (port 995); needs [tls]."),
         "max_line_length": Key(int, 1024, positive, "Longest command line, bytes."),
         "max_auth_failures": Key(int, 3, positive, "Failed logins before the connection is closed."),
         "idle_timeout": Key(float, 600.0, positive, "Seconds of client silence before disconnect."),
-        "uidl_format": Key(str, "%g", None, "Like Dovecot's pop3_uidl_format: %u UID, %v UIDVALIDITY, %g mail GUID."),
+        "uidl_format": Key(str, "%g", None, "Like Dovecot's pop3_uidl_format: %u UID, %v UIDVALIDITY, %g mail GUID. "
+                                            "A UIDL recorded at migration (object metadata) wins."),
+        "delete_mode": Key(str, "expunge", one_of("expunge", "move", "seen", "hide"),
+                           "What DELE does at QUIT: expunge; move to delete_mailbox (like lazy_expunge); "
+                           "seen: only mark \\Seen, keep the mail; hide: set deleted_keyword, the mail stays "
+                           "for IMAP but POP3 no longer lists it (Dovecot's pop3_deleted_flag)."),
+        "delete_mailbox": Key(str, "Trash", mailbox_name, "delete_mode = \"move\": where deleted mail goes "
+                                                          "(created when missing)."),
+        "deleted_keyword": Key(str, "$POP3Deleted", keyword, "delete_mode = \"hide\": the keyword set on "
+                                                             "deleted mail."),
+        "no_flag_updates": Key(bool, False, None, "RETR does not set \\Seen (Dovecot's pop3_no_flag_updates)."),
     },
     "lmtp": {
         "listen": Key(list, ["127.0.0.1:24"], check_listen, "Addresses, as for [imap] listen (keep LMTP private)."),
@@ -148,6 +186,16 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "idle_timeout": Key(float, 300.0, positive, "Seconds of client silence before 421 and disconnect."),
         "recipient_delimiter": Key(str, "+", None,
                                    "Characters separating user and detail in user+detail@domain; empty: none."),
+        "save_to_detail_mailbox": Key(bool, False, None, "Deliver user+detail@domain into the mailbox named "
+                                                         "detail when it exists (else INBOX), as Dovecot's "
+                                                         "lmtp_save_to_detail_mailbox."),
+        "add_received_header": Key(bool, True, None, "Add a Received: trace header (Return-Path and, for a "
+                                                     "single recipient, Delivered-To are always added)."),
+        "max_body_line_length": Key(int, 1000, non_negative,
+                                    "Longest message line accepted, CRLF included (RFC 5321: 1000); 0: no limit. "
+                                    "Longer lines and NUL bytes are refused with 554 5.6.0 unless BODY=BINARYMIME."),
+        "trusted_networks": Key(list, ["127.0.0.0/8", "::1/128"], networks,
+                                "Networks allowed to use XCLIENT (CIDR); connections over UNIX sockets are trusted."),
     },
     "auth": {
         "passwd_file": Key(str, "", absolute_path, "Dovecot passwd-file with users and password hashes."),
@@ -159,6 +207,36 @@ SCHEMA: dict[str, dict[str, Key]] = {
                             "passwd-file without domains."),
         "failure_delay": Key(float, 2.0, non_negative,
                              "Seconds to wait before answering a failed login (Dovecot's auth_failure_delay)."),
+        "passdb": Key(list, [], None, "Password databases, tried in order ([[auth.passdb]] tables).", item=dict),
+        "userdb": Key(list, [], None, "User databases ([[auth.userdb]] tables); default: the passdbs.", item=dict),
+        "mechanisms": Key(list, ["PLAIN", "LOGIN"], None, "SASL mechanisms offered (when they can work)."),
+        "master_user_separator": Key(str, "", None,
+                                     "Separator of 'user*master' logins (Dovecot's auth_master_user_separator)."),
+        "plaintext_networks": Key(list, ["127.0.0.0/8", "::1/128"], networks,
+                                  "Client networks allowed plaintext logins without TLS."),
+        "penalty_exempt_networks": Key(list, [], networks, "Client networks never delayed after failures."),
+        "penalty_threshold": Key(int, 3, non_negative, "Failures from an address before its logins are delayed."),
+        "penalty_initial": Key(float, 2.0, non_negative, "First delay (seconds); doubles with each further failure."),
+        "penalty_max": Key(float, 15.0, non_negative, "Longest delay (seconds)."),
+        "penalty_forget": Key(float, 3600.0, positive,
+                              "Seconds after its last failure that an address or user is forgiven."),
+        "user_max_failures": Key(int, 30, positive,
+                                 "Failures for one user (from anywhere) before its logins are refused unchecked "
+                                 "until penalty_forget passes."),
+    },
+    "auth.oauth2": {
+        "introspection_url": Key(str, "", None, "RFC 7662 token introspection endpoint (OAUTHBEARER, XOAUTH2)."),
+        "client_id": Key(str, "", None, "Client id for the introspection endpoint (HTTP basic auth)."),
+        "client_secret": Key(str, "", None, "Its secret (keep the file private)."),
+        "username_claim": Key(str, "username", None, "Introspection field holding the username."),
+        "timeout": Key(float, 10.0, positive, "Seconds to wait for the introspection endpoint."),
+        "ca_file": Key(str, "", absolute_path, "CA certificates for an https endpoint (default: system)."),
+    },
+    "tls": {
+        "cert": Key(str, "", absolute_path, "Certificate chain (PEM, server certificate first)."),
+        "key": Key(str, "", absolute_path, "Private key (PEM)."),
+        "min_version": Key(str, "TLSv1.2", one_of("TLSv1.2", "TLSv1.3"), "Oldest TLS version accepted."),
+        "ciphers": Key(str, "", None, "OpenSSL cipher list for TLS 1.2 (empty: OpenSSL's default)."),
     },
     "storage": {
         "format": Key(str, "rbox", None, "Mailbox format (entry point in mailserver.mailbox_formats)."),
@@ -252,8 +330,8 @@ def _coerce(key: Key, value):
         raise ValueError(f"expected {_type_name(int)}, got {value!r}")
     if not isinstance(value, key.type):
         raise ValueError(f"expected {_type_name(key.type)}, got {type(value).__name__} {value!r}")
-    if key.type is list and not all(isinstance(v, str) for v in value):
-        raise ValueError("expected a list of strings")
+    if key.type is list and not all(isinstance(v, key.item) for v in value):
+        raise ValueError("expected a list of tables" if key.item is dict else "expected a list of strings")
     return value
 
 
@@ -286,6 +364,7 @@ def load(path: str | None, overrides: dict | None = None) -> Config:
 def validate(raw: dict, where: str) -> Config:
     _load_plugin_schemas(raw)
     known = schema()
+    raw = _lift_subsections(raw, known)
     sections: dict[str, dict] = {}
     for name, values in raw.items():
         if name not in known:
@@ -317,7 +396,85 @@ def validate(raw: dict, where: str) -> Config:
         sections[name] = out
     _derive(sections)
     _check_drivers(sections, where)
+    _check_auth(sections, where)
     return Config(None if where == "<defaults>" else where, sections)
+
+
+def _lift_subsections(raw: dict, known: dict) -> dict:
+    """``[auth.oauth2]`` arrives as ``raw["auth"]["oauth2"]``: make it the section ``auth.oauth2``."""
+    out = {}
+    for name, values in raw.items():
+        if isinstance(values, dict):
+            values = dict(values)
+            for key in list(values):
+                if f"{name}.{key}" in known and isinstance(values[key], dict):
+                    out[f"{name}.{key}"] = values.pop(key)
+        out[name] = values
+    return out
+
+
+def validate_table(table: dict, keys: dict[str, Key], label: str) -> dict:
+    """One table checked against ``keys`` (unknown keys, types, checks, defaults), as a section
+    is.  ``label`` names it in errors (``FILE: [[auth.passdb]] #2 (ldap)``).  Raises ConfigError."""
+    for key in table:
+        if key not in keys:
+            raise ConfigError(f"{label} {key}: unknown key (known: {', '.join(sorted(keys))})")
+    out = {}
+    for key_name, key in keys.items():
+        if key_name in table:
+            try:
+                value = _coerce(key, table[key_name])
+            except ValueError as e:
+                raise ConfigError(f"{label} {key_name}: {e}") from None
+            problem = key.check(value) if key.check else None
+            if problem:
+                raise ConfigError(f"{label} {key_name}: {problem}")
+        elif key.required:
+            raise ConfigError(f"{label} {key_name}: required")
+        else:
+            value = key.default
+        out[key_name] = value
+    return out
+
+
+# Keys every [[auth.passdb]] / [[auth.userdb]] table has besides its driver's SETTINGS.
+DB_COMMON_KEYS = {
+    "driver": Key(str, "", None, "Entry point in mailserver.passdbs / mailserver.userdbs.", required=True),
+    "master": Key(bool, False, None, "passdb only: a master passdb (user*master logins)."),
+}
+
+
+def _check_auth(sections: dict, where: str) -> None:
+    """Validate the passdb and userdb tables against their drivers' settings; ``passwd_file``
+    becomes the first passdb.  Each table ends up as a validated dict with its ``driver``."""
+    from mailserver import plugins
+    auth = sections["auth"]
+    for kind, group in (("passdb", plugins.PASSDBS), ("userdb", plugins.USERDBS)):
+        tables = [(f"[[auth.{kind}]] #{n}", t) for n, t in enumerate(auth[kind], 1)]
+        if kind == "passdb" and auth["passwd_file"]:
+            tables.insert(0, ("[auth] passwd_file:", {"driver": "passwd-file", "path": auth["passwd_file"]}))
+        checked = []
+        for name, table in tables:
+            driver = table.get("driver")
+            label = f"{where}: {name}" + (f" ({driver})" if isinstance(driver, str) and "#" in name else "")
+            if not isinstance(driver, str) or not driver:
+                raise ConfigError(f"{label} driver: required (one of {', '.join(plugins.available(group))})")
+            if driver not in plugins.available(group):
+                raise ConfigError(f"{label} driver: no {group} plugin named {driver!r} "
+                                  f"(installed: {', '.join(plugins.available(group)) or 'none'})")
+            try:
+                cls = plugins.load(group, driver)
+            except plugins.PluginError as e:
+                raise ConfigError(f"{label}: {e}") from None
+            keys = dict(DB_COMMON_KEYS)
+            keys.update(getattr(cls, "SETTINGS", {}))
+            if kind == "userdb":
+                keys.pop("master")
+            checked.append(validate_table(table, keys, label))
+        auth[kind] = checked
+    if any(db["master"] for db in auth["passdb"]) and not auth["master_user_separator"]:
+        raise ConfigError(f"{where}: [auth] master_user_separator: required when a passdb has master = true "
+                          "(Dovecot uses \"*\")")
 
 
 def _derive(sections: dict) -> None:
@@ -389,4 +546,22 @@ def reference_markdown() -> str:
                     dict: "table"}.get(key.type, key.type.__name__)
             out.append(f"| `{name}` | {kind} | `{default}` | {doc} |")
         out.append("")
+    for kind, group in (("passdb", plugins.PASSDBS), ("userdb", plugins.USERDBS)):
+        for driver in plugins.available(group):
+            cls = plugins.try_load(group, driver)
+            keys = dict(DB_COMMON_KEYS)
+            if kind == "userdb":
+                keys.pop("master")
+            keys.update(getattr(cls, "SETTINGS", {}) if cls else {})
+            out.append(f'### [[auth.{kind}]] driver = "{driver}"\n\n| key | type | default | meaning |\n'
+                       "| --- | --- | --- | --- |")
+            for name, key in keys.items():
+                if name == "driver":
+                    continue
+                default = "required" if key.required else _render_default(key).replace("|", "\\|")
+                kind_name = {str: "string", int: "integer", float: "number", bool: "boolean", list: "list",
+                             dict: "table"}.get(key.type, key.type.__name__)
+                doc = key.doc.replace("|", "\\|")
+                out.append(f"| `{name}` | {kind_name} | `{default}` | {doc} |")
+            out.append("")
     return "\n".join(out)

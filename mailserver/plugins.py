@@ -1,4 +1,4 @@
-"""Plugin registry: mailbox formats, object stores, index stores, dictionaries and passdbs are
+"""Plugin registry: mailbox formats, object stores, index stores, dictionaries, passdbs and userdbs are
 found through Python entry points, the built-in ones exactly as a third party's would be.
 
 A plugin class may declare ``CONFIG_SECTION = "name"`` and ``CONFIG_SCHEMA = {key: config.Key}``;
@@ -14,8 +14,9 @@ OBJECT_STORES = "mailserver.object_stores"
 INDEX_STORES = "mailserver.index_stores"
 DICTS = "mailserver.dicts"
 PASSDBS = "mailserver.passdbs"
+USERDBS = "mailserver.userdbs"
 
-GROUPS = (MAILBOX_FORMATS, OBJECT_STORES, INDEX_STORES, DICTS, PASSDBS)
+GROUPS = (MAILBOX_FORMATS, OBJECT_STORES, INDEX_STORES, DICTS, PASSDBS, USERDBS)
 
 
 class PluginError(Exception):

@@ -16,13 +16,19 @@ import signal
 from twisted.internet import defer, reactor
 from twisted.logger import Logger
 
-from mailserver import endpoints, log as logsetup, plugins
+from mailserver import endpoints, limits, log as logsetup, plugins
+from mailserver.config import ConfigError
 from mailserver.context import ServerContext
 from mailserver.storage.errors import StorageError
+from mailserver.tls import ServerTLS, TLSConfigError
 
 log = Logger(namespace="mailserver.server")
 
 PROTOCOLS = ("imap", "pop3", "lmtp")
+# Sent to a connection over a limit (then closed).
+REFUSALS = {"imap": b"* BYE [UNAVAILABLE] Too many connections, try again later\r\n",
+            "pop3": b"-ERR [SYS/TEMP] Too many connections, try again later.\r\n",
+            "lmtp": b"421 4.7.0 Too many connections, try again later\r\n"}
 
 
 class Server:
@@ -35,6 +41,10 @@ class Server:
 
     async def start(self) -> None:
         cfg = self.config
+        tls = ServerTLS.from_config(cfg)        # first: a bad certificate fails fast
+        for name in ("imap", "pop3"):
+            if getattr(cfg, name).listen_tls and tls is None:
+                raise ConfigError(f"[{name}] listen_tls: needs [tls] cert and key")
         storage_cls = plugins.load(plugins.MAILBOX_FORMATS, cfg.storage.format)
         storage = storage_cls.from_config(cfg, plugins)
         await storage.start()
@@ -42,20 +52,40 @@ class Server:
         await dictionary.start()
         from mailserver.auth.service import build_authenticator
         auth = build_authenticator(cfg)
-        self.ctx = ServerContext(config=cfg, storage=storage, auth=auth, dict=dictionary)
+        self.ctx = ServerContext(config=cfg, storage=storage, auth=auth, dict=dictionary, tls=tls)
+        limiter = limits.ConnectionLimiter.from_config(cfg)
         bound = {}
         for name in PROTOCOLS:
             module = importlib.import_module(f"mailserver.protocols.{name}")
             factory = module.build_factory(self.ctx)
             factory.noisy = False   # we log our own listening lines
-            bound[name] = []
-            for spec in getattr(cfg, name).listen:
-                port = await endpoints.server_endpoint(reactor, spec).listen(factory)
+            factory = limits.LimitedFactory(factory, limiter, REFUSALS[name], per_ip=name != "lmtp", name=name)
+            section = getattr(cfg, name)
+            listeners = [(name, spec, factory) for spec in section.listen]
+            if "listen_tls" in section.as_dict() and section.listen_tls:
+                from twisted.protocols.tls import TLSMemoryBIOFactory
+                tls_factory = TLSMemoryBIOFactory(tls, False, factory)
+                tls_factory.noisy = False
+                listeners += [(name + "s", spec, tls_factory) for spec in section.listen_tls]
+            for label, spec, f in listeners:
+                port = await endpoints.server_endpoint(reactor, spec).listen(f)
                 self.ports.append(port)
                 address = _address(port, spec)
-                bound[name].append(address)
-                log.info("{protocol} listening on {address}", protocol=name.upper(), address=address)
+                bound.setdefault(label, []).append(address)
+                log.info("{protocol} listening on {address}", protocol=label.upper(), address=address)
         _write_listeners(cfg.server.state_dir, bound)
+        if tls is None and any(not spec.startswith(("127.", "[::1]", "localhost", "unix:"))
+                               for name in ("imap", "pop3") for spec in getattr(cfg, name).listen):
+            log.warn("no [tls] certificate: clients outside [auth] plaintext_networks {nets} cannot log in",
+                     nets=cfg.auth.plaintext_networks)
+
+    def reload(self) -> None:
+        """SIGHUP: re-read the TLS certificate and key (open sessions keep theirs).  The
+        passwd-file reloads by itself when it changes."""
+        if self.ctx is not None and self.ctx.tls is not None:
+            self.ctx.tls.reload()
+        else:
+            log.info("SIGHUP: no TLS certificate to reload")
 
     async def stop(self) -> None:
         """Graceful stop: no new connections, wait for writes, then close what is left."""
@@ -121,6 +151,8 @@ def serve(config) -> int:
         err = failure.value
         if isinstance(err, StorageError):
             log.critical("cannot start: storage unavailable: {detail}", detail=err.detail or str(err))
+        elif isinstance(err, (TLSConfigError, ConfigError)):
+            log.critical("cannot start: {e}", e=str(err))
         elif isinstance(err, plugins.PluginError):
             log.critical("cannot start: {e}", e=str(err))
         elif hasattr(err, "socketError") or err.__class__.__name__ == "CannotListenError":
@@ -136,6 +168,6 @@ def serve(config) -> int:
 
     reactor.addSystemEventTrigger("before", "shutdown", lambda: defer.Deferred.fromCoroutine(server.stop()))
     reactor.callWhenRunning(go)
-    signal.signal(signal.SIGHUP, lambda *_: log.info("SIGHUP: nothing to reload yet"))
+    signal.signal(signal.SIGHUP, lambda *_: reactor.callFromThread(server.reload))
     reactor.run()
     return server.exit_code

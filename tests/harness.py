@@ -19,7 +19,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 class RunningServer:
     """A server process with its own state directory and passwd-file."""
 
-    def __init__(self, base_dir: str, extra_config: str = "", users: int = 300, name: str = "server"):
+    def __init__(self, base_dir: str, extra_config: str = "", users: int = 300, name: str = "server",
+                 options: dict | None = None):
         self.base_dir = base_dir
         self.state_dir = os.path.join(base_dir, "state")
         self.config_path = os.path.join(base_dir, "mailserver.toml")
@@ -27,6 +28,7 @@ class RunningServer:
         self.log_path = os.path.join(base_dir, f"{name}.log")
         self.host = "127.0.0.1"
         self.extra_config = extra_config
+        self.options = options or {}        # {"lmtp": {"save_to_detail_mailbox": True}, ...}
         self.proc: subprocess.Popen | None = None
         self.ports: dict = {}
         self._next_user = 0
@@ -39,10 +41,14 @@ class RunningServer:
 
     def write_config(self) -> None:
         with open(self.config_path, "w") as f:
-            f.write(f'[server]\nstate_dir = "{self.state_dir}"\nlog_format = "json"\nlog_level = "debug"\n'
-                    f'shutdown_timeout = 10.0\n\n')
+            server = {"state_dir": self.state_dir, "log_format": "json", "log_level": "debug",
+                      "shutdown_timeout": 10.0, **self.options.get("server", {})}
+            f.write("[server]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in server.items()) + "\n")
             for proto in ("imap", "pop3", "lmtp"):
-                f.write(f'[{proto}]\nlisten = ["127.0.0.1:0"]\n\n')
+                f.write(f'[{proto}]\nlisten = ["127.0.0.1:0"]\n')
+                for key, value in self.options.get(proto, {}).items():
+                    f.write(f"{key} = {json.dumps(value)}\n")      # JSON scalars and lists are TOML
+                f.write("\n")
             f.write(f"[auth]\npasswd_file = \"{self.passwd_path}\"\nfailure_delay = 0.0\n\n")
             f.write(self.extra_config)
 

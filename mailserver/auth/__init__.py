@@ -35,12 +35,20 @@ class AuthResult:
 
 
 class PassDB(abc.ABC):
-    """A password database (``mailserver.passdbs`` entry-point group)."""
+    """A password database (``mailserver.passdbs`` entry-point group), one ``[[auth.passdb]]``.
+
+    ``SETTINGS`` declares the driver's keys in its table (``{name: config.Key}``), validated by the
+    config loader.  ``supports_credentials``: ``credentials`` can hand out the stored password
+    (CRAM-MD5 and SCRAM need it; an LDAP passdb doing authentication binds cannot)."""
+
+    SETTINGS: dict = {}
+    supports_credentials = False
 
     @classmethod
     @abc.abstractmethod
-    def from_config(cls, config) -> "PassDB":
-        """Build from the validated configuration."""
+    def from_config(cls, config, settings) -> "PassDB":
+        """Build from the validated configuration and this passdb's validated table (a dict:
+        ``driver``, ``master`` and the ``SETTINGS`` keys).  Raises ConfigError."""
 
     @abc.abstractmethod
     async def lookup(self, username: str) -> UserRecord | None:
@@ -49,7 +57,29 @@ class PassDB(abc.ABC):
 
     @abc.abstractmethod
     async def verify(self, username: str, password: str) -> AuthResult:
-        """Check a password (hashing runs off the reactor)."""
+        """Check a password (hashing runs off the reactor).  An unknown user gets
+        ``reason="unknown user"`` and costs what a wrong password costs."""
+
+    async def credentials(self, username: str) -> UserRecord | None:
+        """The record with the stored ``{SCHEME}`` password (only when ``supports_credentials``).
+        Raises AuthUnavailable."""
+        return await self.lookup(username)
+
+
+class UserDB(abc.ABC):
+    """A user database (``mailserver.userdbs``), one ``[[auth.userdb]]``: does a user exist (LMTP)
+    and what are its fields.  Passdbs that can look users up register here too."""
+
+    SETTINGS: dict = {}
+
+    @classmethod
+    @abc.abstractmethod
+    def from_config(cls, config, settings) -> "UserDB":
+        """Build from the configuration and this userdb's validated table."""
+
+    @abc.abstractmethod
+    async def lookup(self, username: str) -> UserRecord | None:
+        """The record of a normalised username, or None.  Raises AuthUnavailable."""
 
 
 class AuthUnavailable(Exception):
@@ -71,3 +101,46 @@ class Authenticator(abc.ABC):
     @abc.abstractmethod
     async def lookup(self, username: str) -> UserRecord | None:
         """A user's record (LMTP RCPT), or None.  Raises AuthUnavailable."""
+
+    # --- policy (defaults: everything allowed; the real one is in mailserver.auth.service) ----
+
+    def plaintext_allowed(self, peer_host: str, secure: bool) -> bool:
+        """May a client at ``peer_host`` send a password in the clear (LOGIN, USER/PASS, PLAIN)?
+        ``secure``: the connection runs TLS."""
+        return True
+
+    def mechanisms(self, plaintext_ok: bool) -> list[str]:
+        """SASL mechanisms to advertise (``plaintext_ok``: as ``plaintext_allowed`` said)."""
+        return ["PLAIN"]
+
+    async def credentials(self, username: str, *, service: str, peer: str,
+                          mechanism: str) -> "CredentialLookup":
+        """For challenge-response mechanisms: wait out the caller's penalty, then the stored
+        password of ``username`` (as the client sent it).  The outcome must be reported with
+        ``conclude``."""
+        return CredentialLookup(self.normalize(username), None, temporary=False, refused="not supported")
+
+    async def verify_token(self, token: str, user: str, *, service: str, peer: str,
+                           mechanism: str) -> AuthResult:
+        """OAUTHBEARER/XOAUTH2: validate a bearer token for ``user`` ("" : whoever the token
+        names), with the same penalty, delay and log line as a password."""
+        return AuthResult(False, reason="bearer tokens are not supported")
+
+    async def conclude(self, result: AuthResult, *, login: str, service: str, peer: str,
+                       mechanism: str) -> AuthResult:
+        """Log the outcome of a challenge-response exchange, count failures (penalty), delay a
+        failure; the result to act on."""
+        return result
+
+
+@dataclasses.dataclass(frozen=True)
+class CredentialLookup:
+    """``username``: normalised; ``stored``: ``{SCHEME}data`` or None (unknown user, or the
+    user's scheme cannot serve this mechanism: the exchange runs on and fails at the end);
+    ``temporary``: the passdb could not answer; ``refused``: why the lookup was refused before
+    asking any passdb (penalty lock, bad username), for the log."""
+
+    username: str
+    stored: str | None
+    temporary: bool = False
+    refused: str = ""

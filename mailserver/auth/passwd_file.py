@@ -29,7 +29,8 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from mailserver import threads
-from mailserver.auth import AuthResult, AuthUnavailable, PassDB, UserRecord, schemes
+from mailserver.auth import AuthResult, AuthUnavailable, PassDB, UserDB, UserRecord, schemes
+from mailserver.config import Key, absolute_path
 
 log = Logger(namespace="mailserver.auth.passwd_file")
 
@@ -135,8 +136,12 @@ def _verify_blocking(stored: str, password: str) -> tuple[bool, str]:
         return False, str(e)
 
 
-class PasswdFilePassDB(PassDB):
-    """Users and password hashes from a Dovecot passwd-file (entry point ``passwd-file``)."""
+class PasswdFilePassDB(PassDB, UserDB):
+    """Users and password hashes from a Dovecot passwd-file (entry point ``passwd-file`` in
+    ``mailserver.passdbs`` and ``mailserver.userdbs``)."""
+
+    SETTINGS = {"path": Key(str, "", absolute_path, "The passwd-file.", required=True)}
+    supports_credentials = True
 
     def __init__(self, path: str, normalize: Callable[[str], str] = lambda u: u, *,
                  pool_size: int = 4, clock: Callable[[], float] = time.monotonic):
@@ -152,20 +157,18 @@ class PasswdFilePassDB(PassDB):
         self._fallback_dummy = schemes.hash_password("SHA512-CRYPT", secrets.token_urlsafe(16))
 
     @classmethod
-    def from_config(cls, config) -> "PasswdFilePassDB":
+    def from_config(cls, config, settings) -> "PasswdFilePassDB":
         from mailserver.auth.service import UsernameRule
         from mailserver.config import ConfigError
-        path = config.auth.passwd_file
-        if not path:
-            raise ConfigError("[auth] passwd_file: required (path of the Dovecot passwd-file with the users)")
+        path = settings["path"]
         # As Dovecot, refuse to start on a file that cannot be read (a typo would otherwise only
         # show at the first login).  Later read failures answer "temporarily unavailable".
         try:
             with open(path, "rb"):
                 pass
         except OSError as e:
-            raise ConfigError(f"[auth] passwd_file: {path}: cannot read: {e.strerror}") from None
-        return cls(config.auth.passwd_file, UsernameRule.from_config(config).normalize,
+            raise ConfigError(f"passwd-file {path}: cannot read: {e.strerror}") from None
+        return cls(path, UsernameRule.from_config(config).normalize,
                    pool_size=max(1, min(config.server.io_threads, 4)))
 
     # --- the file ---------------------------------------------------------------------------------
@@ -209,6 +212,16 @@ class PasswdFilePassDB(PassDB):
     async def lookup(self, username: str) -> UserRecord | None:
         """The record of a normalised username, or None.  Raises AuthUnavailable."""
         return (await self._current()).users.get(username)
+
+    async def credentials(self, username: str) -> UserRecord | None:
+        """The record for CRAM-MD5/SCRAM, None for an unknown or ``nologin`` user; a
+        ``nopassword`` user's record has no password (such a user cannot use those mechanisms)."""
+        record = (await self._current()).users.get(username)
+        if record is None or "nologin" in record.extra:
+            return None
+        if "nopassword" in record.extra:
+            return dataclasses.replace(record, password="")
+        return record
 
     async def verify(self, username: str, password: str) -> AuthResult:
         """Check a password in the pool.  An unknown user is checked against a dummy hash so the

@@ -219,6 +219,67 @@ def _pbkdf2_check(password: bytes, raw: bytes) -> bool:
     return hmac.compare_digest(key, expected)
 
 
+# --- CRAM-MD5 (HMAC-MD5 contexts, see hmac_md5) and SCRAM (RFC 5802 keys) ------------------------
+
+def _cram_generate(password: bytes, rounds=None) -> bytes:
+    from mailserver.auth.hmac_md5 import cram_context
+    return cram_context(password)
+
+
+_SCRAM_HASHES = {"SCRAM-SHA-1": "sha1", "SCRAM-SHA-256": "sha256"}
+SCRAM_DEFAULT_ITERATIONS = 4096
+
+
+@dataclasses.dataclass(frozen=True)
+class ScramKeys:
+    """What Dovecot stores for SCRAM: ``iterations,base64(salt),base64(StoredKey),base64(ServerKey)``."""
+
+    iterations: int
+    salt: bytes
+    stored_key: bytes
+    server_key: bytes
+
+
+def scram_keys(hash_name: str, password: bytes, salt: bytes, iterations: int) -> ScramKeys:
+    salted = hashlib.pbkdf2_hmac(hash_name, password, salt, iterations)
+    client_key = hmac.new(salted, b"Client Key", hash_name).digest()
+    server_key = hmac.new(salted, b"Server Key", hash_name).digest()
+    return ScramKeys(iterations, salt, hashlib.new(hash_name, client_key).digest(), server_key)
+
+
+def parse_scram(data: str | bytes, hash_name: str) -> ScramKeys:
+    """The fields of a stored SCRAM value.  Raises InvalidHash."""
+    if isinstance(data, bytes):
+        data = _ascii(data)
+    fields = data.split(",")
+    size = hashlib.new(hash_name).digest_size
+    try:
+        if len(fields) != 4 or not fields[0].isdigit():
+            raise ValueError
+        keys = ScramKeys(int(fields[0]), *(base64.b64decode(f, validate=True) for f in fields[1:]))
+    except (ValueError, binascii.Error):
+        raise InvalidHash("SCRAM value is not iterations,salt,storedkey,serverkey") from None
+    if keys.iterations < 1 or len(keys.stored_key) != size or len(keys.server_key) != size:
+        raise InvalidHash("SCRAM value has bad iterations or key lengths")
+    return keys
+
+
+def _scram(name: str):
+    hash_name = _SCRAM_HASHES[name]
+
+    def generate(password: bytes, rounds=None) -> bytes:
+        k = scram_keys(hash_name, password, secrets.token_bytes(16), rounds or SCRAM_DEFAULT_ITERATIONS)
+        b64 = [base64.b64encode(x).decode("ascii") for x in (k.salt, k.stored_key, k.server_key)]
+        return f"{k.iterations},{b64[0]},{b64[1]},{b64[2]}".encode("ascii")
+
+    def check(password: bytes, raw: bytes) -> bool:
+        stored = parse_scram(raw, hash_name)
+        mine = scram_keys(hash_name, password, stored.salt, stored.iterations)
+        return hmac.compare_digest(mine.stored_key, stored.stored_key)
+
+    return generate, check
+
+
 # --- the table ------------------------------------------------------------------------------------
 
 def _build() -> dict[str, _Scheme]:
@@ -252,6 +313,9 @@ def _build() -> dict[str, _Scheme]:
         _Scheme("ARGON2I", "none", _argon2_generate("I", 32768, 4), _argon2_check),
         _Scheme("ARGON2ID", "none", _argon2_generate("ID", 65536, 3), _argon2_check),
         _Scheme("PBKDF2", "none", _pbkdf2_generate, _pbkdf2_check),
+        _Scheme("CRAM-MD5", "hex", _cram_generate, raw_len=32),
+        _Scheme("SCRAM-SHA-1", "none", *_scram("SCRAM-SHA-1")),
+        _Scheme("SCRAM-SHA-256", "none", *_scram("SCRAM-SHA-256")),
     ]
     return {s.name: s for s in table}
 

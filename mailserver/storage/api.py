@@ -110,6 +110,8 @@ class FetchedMail:
       ``cached_header_names`` -- the lowercased field names they cover (a field not named there
       needs ``header``)
       ``preview`` -- RFC 8970 PREVIEW text
+      ``pop3_uidl`` -- the POP3 UIDL recorded for the message when it was migrated from another
+      server (object metadata, read once and then cached), or ``""`` when none was recorded
     Body data, read from the object store:
       ``data`` -- the whole message as stored
       ``header`` -- the message header block, including the blank line that ends it
@@ -124,6 +126,7 @@ class FetchedMail:
     cached_headers: bytes | None = None
     cached_header_names: frozenset | None = None
     preview: str | None = None
+    pop3_uidl: str | None = None
     data: bytes | None = None
     header: bytes | None = None
     missing: bool = False
@@ -138,6 +141,7 @@ class FetchItem(str, enum.Enum):
     PARTS = "parts"
     CACHED_HEADERS = "cached_headers"
     PREVIEW = "preview"
+    POP3_UIDL = "pop3_uidl"
     HEADER = "header"
     DATA = "data"
 
@@ -184,8 +188,12 @@ class SaveTransaction(abc.ABC):
     """
 
     @abc.abstractmethod
-    async def add(self, data: bytes, flags: Iterable[str] = (), internaldate: int | None = None) -> None:
-        """Queue one message.  ``internaldate`` defaults to now.  Raises TOO_BIG, OVER_QUOTA..."""
+    async def add(self, data: bytes, flags: Iterable[str] = (), internaldate: int | None = None,
+                  analysis=None) -> None:
+        """Queue one message.  ``internaldate`` defaults to now.  Raises TOO_BIG, OVER_QUOTA...
+
+        ``analysis``: ``mailserver.storage.mime.analyze(data)`` when the caller already has it (LMTP
+        saving one message for many recipients parses it once); it must be of exactly ``data``."""
 
     @abc.abstractmethod
     async def commit(self) -> SaveResult:
@@ -238,6 +246,19 @@ class Mailbox(abc.ABC):
     @abc.abstractmethod
     def all_info(self) -> list:
         """MessageInfo of every message in the view, in view order (None for ones expunged meanwhile)."""
+
+    def flag_summary(self) -> tuple:
+        """(keywords of the mailbox, sequence number of the first message of the view without
+        \\Seen or 0): what SELECT reports.  Formats may answer without a MessageInfo per message."""
+        words: set = set()
+        first_unseen = 0
+        for msn, info in enumerate(self.all_info(), 1):
+            if info is None:
+                continue
+            words.update(f for f in info.flags if not f.startswith("\\"))
+            if not first_unseen and SEEN not in info.flags:
+                first_unseen = msn
+        return frozenset(words), first_unseen
 
     @abc.abstractmethod
     def vanished_since(self, modseq: int) -> list | None:
@@ -296,6 +317,14 @@ class Mailbox(abc.ABC):
         """Release the view.  Safe to call twice."""
 
 
+class Lock(abc.ABC):
+    """A held named lock of a user (``User.lock``)."""
+
+    @abc.abstractmethod
+    async def release(self) -> None:
+        """Let the lock go.  Safe to call twice."""
+
+
 class User(abc.ABC):
     """One user's mailboxes.  Obtained from ``MailStorage.open_user``; shared per process."""
 
@@ -332,6 +361,12 @@ class User(abc.ABC):
     @abc.abstractmethod
     async def open_mailbox(self, name: str, readonly: bool = False) -> Mailbox:
         """Open a view of a mailbox.  NOT_FOUND if it does not exist."""
+
+    @abc.abstractmethod
+    async def lock(self, name: str) -> Lock:
+        """Take the user's exclusive lock ``name`` (``[a-z0-9-]+``, e.g. ``"pop3"``: one POP3
+        session per mailbox) without waiting.  It holds across every process and host sharing
+        the storage, until released or the process ends.  IN_USE when someone else holds it."""
 
     @abc.abstractmethod
     def begin_save(self, name: str) -> SaveTransaction:

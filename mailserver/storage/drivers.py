@@ -13,6 +13,8 @@ from __future__ import annotations
 import abc
 from typing import Iterable
 
+from mailserver.storage.errors import ErrorKind, StorageError
+
 # Object metadata keys.  One letter each, as dovecot-ceph-plugin's rbox (librmb rados-types.h),
 # so tools that know rbox objects can read ours.  Values are ASCII.
 META_MAILBOX_GUID = "M"      # mailbox GUID the mail was saved to (32 hex)
@@ -182,6 +184,20 @@ class IndexStore(abc.ABC):
         finally:
             await held.release()
 
+    async def append_at_durable(self, path: str, offset: int, data: bytes, *, lock: str,
+                                cut_tail_at_size: int | None = None,
+                                also_append: Iterable[tuple[str, bytes]] = ()) -> tuple[bool, bytes | None]:
+        """``append_at``, then, if it appended, ``sync([path])``: the index commit's write, in one
+        round trip where the driver can.  ``also_append``: ``(path, data)`` pairs appended as by
+        ``append`` (not synced, whatever the outcome): small writes riding along, such as index
+        cache entries.  This default makes the separate calls."""
+        for other, chunk in also_append:
+            await self.append(other, chunk)
+        ok, tail = await self.append_at(path, offset, data, lock=lock, cut_tail_at_size=cut_tail_at_size)
+        if ok:
+            await self.sync([path])
+        return ok, tail
+
     async def truncate(self, path: str, size: int) -> None:
         """Cut a file back to ``size`` bytes (only under its lock, to drop a torn tail)."""
         raise NotImplementedError(f"{type(self).__name__} cannot truncate")
@@ -211,6 +227,19 @@ class IndexStore(abc.ABC):
     async def lock(self, path: str, timeout: float = 30.0) -> IndexLock:
         """Take an exclusive lock named by ``path`` (a lock file beside the data).
         StorageError(TEMPORARY) if not obtained within ``timeout`` seconds."""
+
+    async def try_lock(self, path: str) -> IndexLock | None:
+        """Take the lock ``path`` only if it is free now; None when another holder (any process or
+        host) has it.  Held locks are session-long (POP3), so a holder that dies must lose it.
+
+        This default tries ``lock`` without waiting and so cannot tell a busy lock from a slow
+        backend; drivers override it."""
+        try:
+            return await self.lock(path, timeout=0.0)
+        except StorageError as e:
+            if e.kind is ErrorKind.TEMPORARY:
+                return None
+            raise
 
 
 class Dict(abc.ABC):

@@ -10,6 +10,9 @@ from __future__ import annotations
 import bisect
 import dataclasses
 import datetime
+import re
+
+from mailserver.storage.collation import casemap
 
 
 class Node:
@@ -94,7 +97,7 @@ class Header(Node):
 
 @dataclasses.dataclass(frozen=True)
 class Body(Node):
-    """The decoded body text contains ``value`` (case-insensitive)."""
+    """The decoded body text contains ``value`` (i;unicode-casemap, ``collation.casemap``)."""
 
     value: str
 
@@ -197,14 +200,37 @@ class _Context:
                 self._body = ""
             else:
                 root = m.parts or mime.parse(m.data)
-                self._body = "\n".join(mime.search_text(m.data, root)).casefold()
+                self._body = casemap("\n".join(mime.search_text(m.data, root)))
         return self._body
+
+
+_FIELD_PATTERNS: dict = {}
+
+
+def _field_pattern(name: str):
+    """A regex finding the values of one header field (name case-insensitive, at a line start)."""
+    rx = _FIELD_PATTERNS.get(name)
+    if rx is None:
+        raw = name.encode("ascii", "replace")
+        pat = b"".join(b"[%s%s]" % (bytes([c]).lower(), bytes([c]).upper()) if bytes([c]).isalpha()
+                       else re.escape(bytes([c])) for c in raw)
+        rx = re.compile(rb"(?:^|\n)" + pat + rb"[ \t]*:([^\n]*(?:\n[ \t][^\n]*)*)")
+        if len(_FIELD_PATTERNS) < 512:
+            _FIELD_PATTERNS[name] = rx
+    return rx
+
+
+def field_values(header: bytes, name: str) -> list:
+    """Decoded values of field ``name`` in ``header`` (as ``mime.decoded_headers``, without
+    splitting every other field of the header first)."""
+    from mailserver.storage import mime
+    from mailserver.storage.mime import _headers as H
+    return [mime.decode_words(H.unfold(v).strip(b" \t")) for v in _field_pattern(name).findall(header)]
 
 
 def _sent_date(ctx: _Context):
     from email.utils import parsedate_to_datetime
-    from mailserver.storage import mime
-    values = mime.decoded_headers(ctx.header_bytes("date"), "date")
+    values = field_values(ctx.header_bytes("date"), "date")
     if not values:
         return None
     try:
@@ -263,23 +289,22 @@ def matches(node: Node, info, ctx: _Context) -> bool:
     if t is EmailId:
         return info.guid == node.value
     if t is Header:
-        from mailserver.storage import mime
-        values = mime.decoded_headers(ctx.header_bytes(node.name), node.name)
+        values = field_values(ctx.header_bytes(node.name), node.name)
         if not node.value:
             return bool(values)
-        wanted = node.value.casefold()
-        return any(wanted in v.casefold() for v in values)
+        wanted = casemap(node.value)
+        return any(wanted in casemap(v) for v in values)
     if t is Body:
-        return node.value.casefold() in ctx.body_text()
+        return casemap(node.value) in ctx.body_text()
     if t is Text:
         from mailserver.storage import mime
-        wanted = node.value.casefold()
+        wanted = casemap(node.value)
         header = ctx.full_header()
-        if wanted in header.decode("utf-8", "replace").casefold():
+        if wanted in casemap(header.decode("utf-8", "replace")):
             return True
         names = {line.split(b":", 1)[0].strip().decode("ascii", "replace")
                  for line in header.split(b"\n") if b":" in line and line[:1] not in (b" ", b"\t")}
-        if any(wanted in v.casefold() for n in names for v in mime.decoded_headers(header, n)):
+        if any(wanted in casemap(v) for n in names for v in mime.decoded_headers(header, n)):
             return True
         return wanted in ctx.body_text()
     raise TypeError(f"unknown search node {node!r}")

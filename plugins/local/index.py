@@ -1,9 +1,11 @@
 """Local index store: the index tree on a local (or mounted, e.g. kernel CephFS) filesystem.
 
-Every call is one job in the ``local-index`` thread pool.  Concurrent ``sync`` calls are grouped:
-while one batch of fsyncs runs, new requests wait for the next batch, so many deliveries share
-the cost.  Locks are ``flock`` on lock files, which exclude across processes (and across hosts
-on CephFS).
+Every call is one job in the ``local-index`` thread pool.  ``sync`` is grouped per file: while a
+file's fsync runs, new requests for it wait for its next fsync, so many deliveries to one mailbox
+share one; different files are synced by parallel jobs, because concurrent fsyncs share the
+filesystem's journal commits (ext4, XFS) where one thread fsyncing files in turn pays one commit
+per file.  Locks are ``flock`` on lock files, which exclude across processes (and across hosts on
+CephFS).
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ from twisted.python.failure import Failure
 from mailserver import threads
 from mailserver.storage.drivers import IndexLock, IndexStore
 from mailserver.storage.errors import ErrorKind, StorageError
+from plugins.local.common import run_io, start_pool
+from mailserver.storage.locks import KeyedLocks
 from mailserver.storage.paths import check_relative
 
 POOL = "local-index"
@@ -48,46 +52,40 @@ def _flock(fd: int, timeout: float) -> None:
 
 
 class _FileLock(IndexLock):
-    def __init__(self, fd: int):
+    def __init__(self, fd: int, on_release):
         self._fd = fd
+        self._on_release = on_release
 
     async def release(self) -> None:
         if self._fd is not None:
             fd, self._fd = self._fd, None
             fcntl.flock(fd, fcntl.LOCK_UN)  # never blocks
             os.close(fd)
+            self._on_release()
 
 
 class LocalIndexStore(IndexStore):
     def __init__(self, root: str, threads_: int = 8):
         self.root = root
         self._threads = threads_
-        self._sync_pending: dict[str, list] = {}
-        self._sync_dirs: set[str] = set()   # parents of files created since the last sync
-        self._dirs_lock = threading.Lock()  # _sync_dirs is filled from pool threads
-        self._sync_running = False
+        self._process_locks = KeyedLocks()   # one waiter per lock file in pool threads (see locks.py)
+        self._syncing: set[str] = set()             # files with an fsync running
+        self._sync_next: dict[str, list] = {}       # waiters for a file's next fsync
+        self._created: dict[str, str] = {}          # new file -> its directory, to fsync with it
+        self._dirs_lock = threading.Lock()          # _created is filled from pool threads
 
     @classmethod
     def from_config(cls, config) -> "LocalIndexStore":
         return cls(config.rbox.index_path, config.server.io_threads)
 
     async def start(self) -> None:
-        threads.pool(POOL, self._threads)
-        try:
-            await threads.call(POOL, os.makedirs, self.root, 0o700, True)
-        except OSError as e:
-            raise StorageError(ErrorKind.TEMPORARY, f"cannot create index directory {self.root}: {e}") from None
+        await start_pool(POOL, self._threads, self.root, "index")
 
     def _abs(self, path: str) -> str:
         return os.path.join(self.root, check_relative(path))
 
     async def _run(self, fn, *args):
-        try:
-            return await threads.call(POOL, fn, *args)
-        except StorageError:
-            raise
-        except OSError as e:
-            raise StorageError(ErrorKind.TEMPORARY, f"index I/O on {e.filename or self.root}: {e.strerror}") from None
+        return await run_io(POOL, "index store", fn, *args)
 
     # --- reading ------------------------------------------------------------------------------
     @staticmethod
@@ -122,18 +120,37 @@ class LocalIndexStore(IndexStore):
         return await self._run(ls, self._abs(path))
 
     # --- writing ------------------------------------------------------------------------------
-    def _append_fd(self, path: str) -> int:
+    def _append_fd(self, path: str, track: bool = True) -> int:
+        """An O_APPEND descriptor, creating the file (and parents) if missing; a new file's
+        directory is remembered (``track``) so the file's next sync makes its entry durable."""
         try:
             return os.open(path, os.O_WRONLY | os.O_APPEND)
         except FileNotFoundError:
             os.makedirs(os.path.dirname(path), 0o700, exist_ok=True)
             fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-            with self._dirs_lock:
-                self._sync_dirs.add(os.path.dirname(path))
+            if track:
+                with self._dirs_lock:
+                    self._created[path] = os.path.dirname(path)
             return fd
 
-    def _append(self, path: str, data: bytes) -> int:
-        fd = self._append_fd(path)
+    @staticmethod
+    def _open_lock(lock_path: str) -> int:
+        try:
+            return os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        except FileNotFoundError:
+            os.makedirs(os.path.dirname(lock_path), 0o700, exist_ok=True)
+            return os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+
+    def _append_rider(self, path: str, data: bytes) -> None:
+        """An append nobody waits to sync (and whose offset nobody needs)."""
+        fd = self._append_fd(path, track=False)
+        try:
+            os.write(fd, data)
+        finally:
+            os.close(fd)
+
+    def _append(self, path: str, data: bytes, track: bool = True) -> int:
+        fd = self._append_fd(path, track)
         try:
             offset = os.fstat(fd).st_size
             os.write(fd, data)  # one write(): O_APPEND keeps concurrent appenders whole
@@ -170,8 +187,60 @@ class LocalIndexStore(IndexStore):
             os.close(lfd)  # closing releases the flock
 
     async def append_at(self, path, offset, data, *, lock, cut_tail_at_size=None):
-        return await self._run(self._append_at, self._abs(path), self._abs(lock), offset, data,
-                               cut_tail_at_size)
+        await self._process_locks.acquire(lock)
+        try:
+            return await self._run(self._append_at, self._abs(path), self._abs(lock), offset, data,
+                                   cut_tail_at_size)
+        finally:
+            self._process_locks.release(lock)
+
+    def _append_at_durable(self, path, lock_path, offset, data, cut, also):
+        for other, chunk in also:           # riders: not synced, so their directories are not tracked
+            self._append_rider(other, chunk)
+        # Every system call here lets the GIL go and takes it back (a futex round when the reactor
+        # thread is busy): keep them few.
+        lfd = self._open_lock(lock_path)
+        fd = None
+        try:
+            _flock(lfd, 30.0)
+            try:
+                fd = os.open(path, os.O_RDWR | os.O_APPEND)
+            except FileNotFoundError:
+                if offset > 0:
+                    return False, None
+                fd = self._append_fd(path)
+            size = os.fstat(fd).st_size
+            if size != offset and cut is not None and size == cut:
+                os.ftruncate(fd, offset)
+                size = offset
+            if size != offset:
+                return False, os.pread(fd, size - offset, offset) if size > offset else b""
+            os.write(fd, data)
+            os.close(lfd)               # the lock is not needed for the fsync
+            lfd = None
+            os.fsync(fd)
+            with self._dirs_lock:
+                new_dir = self._created.pop(path, None)
+            if new_dir:
+                _fsync_dir(new_dir)
+            return True, None
+        finally:
+            if fd is not None:
+                os.close(fd)
+            if lfd is not None:
+                os.close(lfd)
+
+    async def append_at_durable(self, path, offset, data, *, lock, cut_tail_at_size=None, also_append=()):
+        # One pool job: riders, compare-and-append under the flock, fsync after releasing it.  A
+        # mailbox's commits are serialised by its index anyway, so nothing is lost by not
+        # grouping this fsync with others.
+        also = [(self._abs(p), d) for p, d in also_append]
+        await self._process_locks.acquire(lock)
+        try:
+            return await self._run(self._append_at_durable, self._abs(path), self._abs(lock), offset, data,
+                                   cut_tail_at_size, also)
+        finally:
+            self._process_locks.release(lock)
 
     async def truncate(self, path: str, size: int) -> None:
         await self._run(os.truncate, self._abs(path), size)
@@ -190,34 +259,35 @@ class LocalIndexStore(IndexStore):
             _fsync_dir(d)
 
     async def sync(self, paths) -> None:
-        waiter = defer.Deferred()
+        waiters = []
         for p in paths:
-            self._sync_pending.setdefault(self._abs(p), []).append(waiter)
-        if not self._sync_running:
-            self._drain_syncs()
-        await waiter
+            path = self._abs(p)
+            waiter = defer.Deferred()
+            waiters.append(waiter)
+            if path in self._syncing:       # its fsync may predate our append: wait for the next
+                self._sync_next.setdefault(path, []).append(waiter)
+            else:
+                self._start_sync(path, [waiter])
+        for waiter in waiters:
+            await waiter
 
-    def _drain_syncs(self) -> None:
-        if not self._sync_pending:
-            self._sync_running = False
-            return
-        self._sync_running = True
-        batch, self._sync_pending = self._sync_pending, {}
+    def _start_sync(self, path: str, waiters: list) -> None:
+        self._syncing.add(path)
         with self._dirs_lock:
-            dirs, self._sync_dirs = self._sync_dirs, set()
-        waiters = {id(w): w for ws in batch.values() for w in ws}
+            new_dir = self._created.pop(path, None)
 
         def done(result):
-            for w in waiters.values():
-                if w.called:
-                    continue
+            self._syncing.discard(path)
+            for w in waiters:
                 if isinstance(result, Failure):
-                    w.errback(StorageError(ErrorKind.TEMPORARY, f"index fsync: {result.value}"))
+                    w.errback(StorageError(ErrorKind.TEMPORARY, f"index fsync of {path}: {result.value}"))
                 else:
                     w.callback(None)
-            self._drain_syncs()
+            later = self._sync_next.pop(path, None)
+            if later:
+                self._start_sync(path, later)
 
-        threads.run(POOL, self._fsync_batch, list(batch), sorted(dirs)).addBoth(done)
+        threads.run(POOL, self._fsync_batch, [path], [new_dir] if new_dir else []).addBoth(done)
 
     @staticmethod
     def _write_atomic(path: str, data: bytes) -> None:
@@ -263,7 +333,29 @@ class LocalIndexStore(IndexStore):
                 os.close(fd)
                 raise
             return fd
-        return _FileLock(await self._run(take, self._abs(path)))
+        await self._process_locks.acquire(path)
+        try:
+            fd = await self._run(take, self._abs(path))
+        except BaseException:
+            self._process_locks.release(path)
+            raise
+        return _FileLock(fd, lambda: self._process_locks.release(path))
+
+    async def try_lock(self, path: str) -> IndexLock | None:
+        def take(p):
+            os.makedirs(os.path.dirname(p), 0o700, exist_ok=True)
+            fd = os.open(p, os.O_RDWR | os.O_CREAT, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                return None
+            except BaseException:
+                os.close(fd)
+                raise
+            return fd
+        fd = await self._run(take, self._abs(path))
+        return None if fd is None else _FileLock(fd, lambda: None)
 
 
 def _ignore_missing(func, path, exc_info):

@@ -13,15 +13,17 @@ import os
 import struct
 import time
 
-from mailserver import threads
 from mailserver.storage.drivers import ObjectStore
 from mailserver.storage.errors import ErrorKind, StorageError
+from plugins.local.common import run_io, start_pool
 from mailserver.storage.paths import safe_component, unsafe_component
 
 POOL = "local-objects"
 MAGIC = b"RBOXOBJ1"
 _U32 = struct.Struct("<I")
 INITIAL_REF = ""
+_PID = [os.getpid()]            # for temporary names, without a system call per object
+os.register_at_fork(after_in_child=lambda: _PID.__setitem__(0, os.getpid()))
 
 
 def encode_meta(meta: dict[str, str]) -> bytes:
@@ -71,11 +73,7 @@ class LocalObjectStore(ObjectStore):
         return self._max
 
     async def start(self) -> None:
-        threads.pool(POOL, self._threads)
-        try:
-            await threads.call(POOL, os.makedirs, self.root, 0o700, True)
-        except OSError as e:
-            raise StorageError(ErrorKind.TEMPORARY, f"cannot create object directory {self.root}: {e}") from None
+        await start_pool(POOL, self._threads, self.root, "object")
 
     def namespace(self, username: str) -> str:
         return username + self.suffix
@@ -86,26 +84,25 @@ class LocalObjectStore(ObjectStore):
         return os.path.join(self.root, safe_component(ns), oid[:2], oid)
 
     async def _run(self, fn, *args):
-        try:
-            return await threads.call(POOL, fn, *args)
-        except StorageError:
-            raise
-        except FileNotFoundError as e:
-            raise StorageError(ErrorKind.NOT_FOUND, f"object {e.filename} missing") from None
-        except OSError as e:
-            raise StorageError(ErrorKind.TEMPORARY, f"object I/O on {e.filename}: {e.strerror}") from None
+        return await run_io(POOL, "object store", fn, *args, missing=ErrorKind.NOT_FOUND)
 
     # --- write --------------------------------------------------------------------------------
     @staticmethod
     def _put(path: str, data: bytes, meta: bytes) -> None:
         d = os.path.dirname(path)
-        os.makedirs(d, 0o700, exist_ok=True)
-        tmp = f"{path}.tmp.{os.getpid()}.{time.monotonic_ns()}"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        tmp = f"{path}.tmp.{_PID[0]}.{time.monotonic_ns()}"
         try:
-            view = memoryview(MAGIC + _U32.pack(len(meta)) + meta + data)
-            while view:
-                view = view[os.write(fd, view):]
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileNotFoundError:       # first object in this fan-out directory
+            os.makedirs(d, 0o700, exist_ok=True)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            head = MAGIC + _U32.pack(len(meta)) + meta
+            done = os.writev(fd, (head, data))          # no copy of the message to prepend the header
+            if done < len(head) + len(data):
+                view = memoryview(head + data)[done:]
+                while view:
+                    view = view[os.write(fd, view):]
             os.fsync(fd)
         except BaseException:
             os.close(fd)

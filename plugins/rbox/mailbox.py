@@ -10,7 +10,7 @@ import time
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from mailserver.storage import api, mime, search
+from mailserver.storage import api, drivers, mime, search
 from mailserver.storage.api import FetchItem
 from mailserver.storage.errors import ErrorKind, StorageError
 from mailserver.storage.index import cache as C
@@ -19,6 +19,7 @@ from plugins.rbox.save import KeywordTable, cache_fields, new_ref, split_flags
 
 log = Logger(namespace="mailserver.rbox")
 
+_SEEN_BIT = bytes(b & R.FLAG_BITS["\\Seen"] for b in range(256))   # flags byte -> 0 when unseen
 _CACHED_ITEMS = frozenset((FetchItem.ENVELOPE, FetchItem.BODYSTRUCTURE, FetchItem.BODY,
                            FetchItem.PARTS, FetchItem.CACHED_HEADERS, FetchItem.PREVIEW))
 
@@ -80,6 +81,17 @@ class RboxMailbox(api.Mailbox):
 
     def info(self, uid: int):
         return self.index.state.info(uid)
+
+    def flag_summary(self):
+        st = self.index.state
+        view = self._uids
+        suids = st.uids
+        if len(view) != len(suids) or (view and (view[0] != suids[0] or view[-1] != suids[-1])):
+            return super().flag_summary()
+        # The view is the index state (as right after open): read the columns directly.
+        words = frozenset(k for k in st.keywords if k)
+        first_unseen = st.flags.tobytes().translate(_SEEN_BIT).find(b"\0") + 1
+        return words, first_unseen
 
     def vanished_since(self, modseq: int):
         return self.index.state.expunged_since(modseq)
@@ -162,30 +174,38 @@ class RboxMailbox(api.Mailbox):
         if data is None:
             data = await self._read_body(info)
         fields = cache_fields(mime.analyze(data))
+        if entry is not None and entry.get(C.POP3_UIDL) is not None:
+            fields[C.POP3_UIDL] = bytes(entry.get(C.POP3_UIDL))
         await self.index.cache.add(info.oid, fields)
         return self.index.cache.entries[info.oid], data
+
+    async def _pop3_uidl(self, info) -> str:
+        """The UIDL recorded at migration ("" if none): from the cache, else once from the
+        object's metadata (then cached)."""
+        entry = await self.index.cache.get(info.oid)
+        value = entry.get(C.POP3_UIDL) if entry is not None else None
+        if value is not None:
+            return bytes(value).decode("utf-8", "replace")
+        meta = await self.storage.objects.get_meta(self.user.namespace, info.oid)
+        uidl = meta.get(drivers.META_POP3_UIDL, "")
+        fields = {}
+        if entry is not None:
+            fields = {f: bytes(entry.get(f)) for f in C.FIELDS if entry.get(f) is not None}
+        fields[C.POP3_UIDL] = uidl.encode("utf-8")
+        await self.index.cache.add(info.oid, fields)
+        return uidl
 
     async def _load(self, info, items) -> api.FetchedMail:
         mail = api.FetchedMail(info=info)
         data = None
         try:
+            if FetchItem.POP3_UIDL in items:
+                mail.pop3_uidl = await self._pop3_uidl(info)
             if FetchItem.DATA in items:
                 data = mail.data = await self._read_body(info)
             if items & _CACHED_ITEMS or FetchItem.HEADER in items:
                 entry, data = await self._cache_entry(info, data)
-                if FetchItem.ENVELOPE in items:
-                    mail.envelope = entry.get(C.ENVELOPE).decode("utf-8")
-                if FetchItem.BODYSTRUCTURE in items:
-                    mail.bodystructure = entry.get(C.BODYSTRUCTURE).decode("utf-8")
-                if FetchItem.BODY in items:
-                    mail.body = entry.get(C.BODY).decode("utf-8")
-                if FetchItem.PARTS in items:
-                    mail.parts = mime.Part.from_json(json.loads(entry.get(C.PARTS)))
-                if FetchItem.CACHED_HEADERS in items:
-                    mail.cached_headers = bytes(entry.get(C.HEADERS))
-                    mail.cached_header_names = frozenset(entry.get(C.HEADER_NAMES).decode("ascii").split(","))
-                if FetchItem.PREVIEW in items:
-                    mail.preview = entry.get(C.PREVIEW).decode("utf-8")
+                _fill_cached(mail, entry, items)
                 if FetchItem.HEADER in items:
                     header_size = int(entry.get(C.HEADER_SIZE))
                     if data is None:
@@ -211,6 +231,25 @@ class RboxMailbox(api.Mailbox):
         if not items:
             for info in infos:
                 yield api.FetchedMail(info=info)
+            return
+        if items <= _CACHED_ITEMS | {FetchItem.POP3_UIDL}:
+            # Cache only (POP3's UIDL pass included): answered from memory without a coroutine
+            # per message, as long as the entries are loaded and complete (others: general path).
+            cache = self.index.cache
+            if not cache.loaded or FetchItem.POP3_UIDL in items:
+                await cache.load_more()
+            want_uidl = FetchItem.POP3_UIDL in items
+            for info in infos:
+                entry = cache.entries.get(info.oid)
+                uidl = entry.get(C.POP3_UIDL) if entry is not None and want_uidl else None
+                if entry is not None and entry.complete() and (uidl is not None or not want_uidl):
+                    mail = api.FetchedMail(info=info)
+                    _fill_cached(mail, entry, items)
+                    if uidl is not None:
+                        mail.pop3_uidl = bytes(uidl).decode("utf-8", "replace")
+                    yield mail
+                else:
+                    yield await self._load(info, items)
             return
         window = self.storage.prefetch if items & {FetchItem.DATA, FetchItem.HEADER} else 64
         pending = collections.deque()
@@ -337,7 +376,8 @@ class RboxMailbox(api.Mailbox):
         for info in infos:   # the destination's cache gets the parsed fields too
             src = await self.index.cache.get(info.oid)
             if src is not None and info.oid not in dest.cache.entries:
-                await dest.cache.add(info.oid, {f: bytes(src.get(f)) for f in C.FIELDS if src.get(f) is not None})
+                await dest.cache.add(info.oid, {f: bytes(src.get(f)) for f in C.FIELDS + (C.POP3_UIDL,)
+                                                if src.get(f) is not None})
         limit = self.storage.config.storage.max_keywords
         now = int(time.time())
 
@@ -374,3 +414,20 @@ class RboxMailbox(api.Mailbox):
             self._unsubscribe.clear()
             if not self.readonly:
                 await self.storage.checkpoint(self.index)   # "at logout"
+
+
+def _fill_cached(mail: api.FetchedMail, entry, items) -> None:
+    """Set the cached fields ``items`` asks for from a complete cache entry."""
+    if FetchItem.ENVELOPE in items:
+        mail.envelope = entry.get(C.ENVELOPE).decode("utf-8")
+    if FetchItem.BODYSTRUCTURE in items:
+        mail.bodystructure = entry.get(C.BODYSTRUCTURE).decode("utf-8")
+    if FetchItem.BODY in items:
+        mail.body = entry.get(C.BODY).decode("utf-8")
+    if FetchItem.PARTS in items:
+        mail.parts = mime.Part.from_json(json.loads(entry.get(C.PARTS)))
+    if FetchItem.CACHED_HEADERS in items:
+        mail.cached_headers = bytes(entry.get(C.HEADERS))
+        mail.cached_header_names = frozenset(entry.get(C.HEADER_NAMES).decode("ascii").split(","))
+    if FetchItem.PREVIEW in items:
+        mail.preview = entry.get(C.PREVIEW).decode("utf-8")

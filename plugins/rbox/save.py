@@ -3,7 +3,10 @@ them visible with one index commit.  Also the shared pieces of COPY: references 
 
 from __future__ import annotations
 
+import hashlib
+import itertools
 import json
+import os
 import time
 import uuid
 
@@ -78,6 +81,28 @@ def new_ref() -> str:
     return uuid.uuid4().hex[:16]
 
 
+class _Ids:
+    """Object ids and mail GUIDs: BLAKE2b of a counter under a per-process random key.  Unique and
+    unpredictable like uuid4, without a getrandom() system call for each (they cost 25-50 us
+    here, and a delivery needs two)."""
+
+    def __init__(self):
+        self._rekey()
+        os.register_at_fork(after_in_child=self._rekey)
+
+    def _rekey(self) -> None:
+        self._key = os.urandom(32)
+        self._counter = itertools.count()
+
+    def new(self) -> tuple[str, bytes]:
+        """(object id as 32 hex digits, mail GUID as 16 bytes)."""
+        d = hashlib.blake2b(next(self._counter).to_bytes(8, "little"), key=self._key, digest_size=32).digest()
+        return d[:16].hex(), d[16:]
+
+
+_ids = _Ids()
+
+
 class RboxSave(api.SaveTransaction):
     def __init__(self, user, name: str):
         self.user = user
@@ -85,9 +110,10 @@ class RboxSave(api.SaveTransaction):
         self.name = name
         self._index = None
         self._pending: list[tuple[dict, defer.Deferred]] = []
+        self._cache_writes: list[tuple[str, bytes]] = []
         self._done = False
 
-    async def add(self, data: bytes, flags=(), internaldate: int | None = None) -> None:
+    async def add(self, data: bytes, flags=(), internaldate: int | None = None, analysis=None) -> None:
         if self._done:
             raise StorageError(ErrorKind.INTERNAL, "add after commit or rollback")
         objects = self.storage.objects
@@ -97,9 +123,8 @@ class RboxSave(api.SaveTransaction):
         if self._index is None:
             self.name, self._entry, self._index = await self.user.index_for(self.name)
         now = int(time.time())
-        oid = uuid.uuid4().hex
-        guid = uuid.uuid4().bytes
-        analysis = mime.analyze(data)
+        oid, guid = _ids.new()
+        vsize = mime.vsize(data) if analysis is None else analysis.vsize
         internaldate = now if internaldate is None else int(internaldate)
         meta = {
             drivers.META_MAILBOX_GUID: self._entry["guid"],
@@ -107,18 +132,24 @@ class RboxSave(api.SaveTransaction):
             drivers.META_RECEIVED: str(internaldate),
             drivers.META_SAVE_DATE: str(now),
             drivers.META_PHYSICAL_SIZE: str(len(data)),
-            drivers.META_VIRTUAL_SIZE: str(analysis.vsize),
+            drivers.META_VIRTUAL_SIZE: str(vsize),
             drivers.META_ORIG_MAILBOX: self.name,
             drivers.META_VERSION: drivers.OBJECT_FORMAT_VERSION,
         }
         put = defer.Deferred.fromCoroutine(objects.put(self.user.namespace, oid, data, meta))
         self.storage.track(put)
-        cache = defer.Deferred.fromCoroutine(self._index.cache.add(oid, cache_fields(analysis)))
-        cache.addErrback(lambda f: log.warn("cache entry for {oid} not written: {e}", oid=oid, e=f.value))
         bits, keywords = split_flags(flags)
         msg = dict(oid=oid, guid=guid, bits=bits, keywords=keywords, internaldate=internaldate,
-                   savedate=now, size=len(data), vsize=analysis.vsize, data=data)
+                   savedate=now, size=len(data), vsize=vsize, data=data)
         self._pending.append((msg, put))
+        # Parse while the object is being written (the write runs in a thread, mostly in fsync).
+        if analysis is None:
+            analysis = mime.analyze(data)
+        fields = cache_fields(analysis)
+        fields[C.POP3_UIDL] = b""        # saved here, so no UIDL from a migration: never look it up
+        # Written by the index commit's round trip (the cache is not authoritative: a crash before
+        # it only means recomputing the fields from the object).
+        self._cache_writes.append(self._index.cache.remember(oid, fields))
 
     async def commit(self) -> api.SaveResult:
         if self._done:
@@ -148,7 +179,7 @@ class RboxSave(api.SaveTransaction):
 
         # If the commit fails its objects stay: the record may have reached the log before the
         # failure, and an unreferenced object is found and handled by `rbox gc`/force-resync.
-        commit = defer.Deferred.fromCoroutine(self._index.commit(build))
+        commit = defer.Deferred.fromCoroutine(self._index.commit(build, also_append=self._cache_writes))
         uidvalidity, uids = await self.storage.track(commit)
         for m in msgs:
             self.storage.bodies.put((self.user.namespace, m["oid"]), m["data"])

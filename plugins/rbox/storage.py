@@ -9,6 +9,7 @@ Index layout in the index store::
 
 from __future__ import annotations
 
+import re
 import time
 import uuid
 from collections import OrderedDict
@@ -41,6 +42,7 @@ class RboxStorage(api.MailStorage):
         self._indexes: OrderedDict[str, MailboxIndex] = OrderedDict()
         self._index_loading: dict[str, list] = {}
         self._inflight: set[defer.Deferred] = set()
+        self.user_locks: set[tuple[str, str]] = set()     # (user, lock name) held by this process
         self._checkpointer: task.LoopingCall | None = None
 
     @classmethod
@@ -62,7 +64,7 @@ class RboxStorage(api.MailStorage):
     async def stop(self) -> None:
         if self._checkpointer is not None and self._checkpointer.running:
             self._checkpointer.stop()
-        if self._inflight:
+        while self._inflight:   # writes may start while earlier ones finish: wait them all out
             log.info("waiting for {n} in-flight writes", n=len(self._inflight))
             await defer.DeferredList(list(self._inflight), consumeErrors=True)
         await self.checkpoint_all()
@@ -367,6 +369,24 @@ class RboxUser(api.User):
         await box.open()
         return box
 
+    async def lock(self, name: str) -> api.Lock:
+        if not re.fullmatch(r"[a-z0-9-]{1,32}", name):
+            raise StorageError(ErrorKind.INVALID, f"bad lock name {name!r}")
+        key = (self.name, name)
+        # Held in this process: some drivers' locks (flock, libcephfs) exclude only other processes.
+        if key in self.storage.user_locks:
+            raise StorageError(ErrorKind.IN_USE, f"{self.name}: lock {name} held in this process")
+        self.storage.user_locks.add(key)
+        try:
+            held = await self.storage.index_store.try_lock(f"{self.dir}/locks/{name}.lock")
+        except BaseException:
+            self.storage.user_locks.discard(key)
+            raise
+        if held is None:
+            self.storage.user_locks.discard(key)
+            raise StorageError(ErrorKind.IN_USE, f"{self.name}: lock {name} held by another process")
+        return _UserLock(self.storage.user_locks, key, held)
+
     def begin_save(self, name: str) -> api.SaveTransaction:
         from plugins.rbox.save import RboxSave
         return RboxSave(self, name)
@@ -374,6 +394,19 @@ class RboxUser(api.User):
     async def close(self) -> None:
         self.refs -= 1
         # The user object is tiny (name, INBOX GUID); keep it for the next delivery.
+
+
+class _UserLock(api.Lock):
+    def __init__(self, registry: set, key, held):
+        self._registry = registry
+        self._key = key
+        self._held = held
+
+    async def release(self) -> None:
+        held, self._held = self._held, None
+        if held is not None:
+            self._registry.discard(self._key)
+            await held.release()
 
 
 def _bisect(uids, uid) -> int:

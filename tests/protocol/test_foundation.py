@@ -153,3 +153,18 @@ def test_port_in_use_is_a_clear_error(tmp_path):
     taken.close()
     assert run.returncode == 1
     assert "cannot listen" in run.stdout + run.stderr
+
+
+def test_many_connections_into_one_new_mailbox(mail_server, account):
+    """More concurrent pipelined deliveries to one brand-new user than the server has I/O
+    threads.  Regression: waiters for the user's list lock filled every pool thread while the
+    holder needed one, and deliveries failed with 451 after 30 s."""
+    from bench.common import deliver
+    user, pw = account
+    jobs = [([user], MSG % (i, i, i)) for i in range(1, 81)]
+    stats = deliver(mail_server.host, mail_server.lmtp_port, jobs, connections=16)
+    assert stats["messages"] == 80 and stats["seconds"] < 20
+    imap = imaplib.IMAP4(mail_server.host, mail_server.imap_port)
+    imap.login(user, pw)
+    assert imap.select("INBOX")[1] == [b"80"]
+    imap.logout()

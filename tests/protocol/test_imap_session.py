@@ -215,7 +215,7 @@ async def test_id_enable_namespace(ctx):
     assert (await w.cmd("ID NIL"))[-1] == b"t2 OK ID completed"
     assert (await w.cmd('ID ("a")'))[-1].startswith(b"t3 BAD")
     await w.login()
-    assert await w.cmd("ENABLE CONDSTORE") == [b"* ENABLED", b"t5 OK ENABLE completed"]
+    assert await w.cmd("ENABLE CONDSTORE X-UNKNOWN") == [b"* ENABLED CONDSTORE", b"t5 OK ENABLE completed"]
     assert await w.cmd("NAMESPACE") == [b'* NAMESPACE (("" "/")) NIL NIL', b"t6 OK NAMESPACE completed"]
 
 

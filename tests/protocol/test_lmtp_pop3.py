@@ -153,7 +153,7 @@ def test_pipelined_lmtp_over_raw_socket(mail_server, account):
     assert [r[:9] for r in replies] == [b"250 2.0.0", b"250 2.0.0", b"250 2.0.0", b"221 2.0.0"]
     s.close()
     p = pop(mail_server, user, password)
-    assert p.stat()[0] == 2                     # one per accepted RCPT
+    assert p.stat()[0] == 1                     # the same address twice is saved once (as Dovecot)
     assert p.retr(1)[1][-1] == b".x"
     p.quit()
 

@@ -19,7 +19,9 @@ async def make_ctx(tmp_path, users: dict, **sections) -> ServerContext:
     passwd = tmp_path / "passwd"
     passwd.write_text("".join(f"{u}:{schemes.hash_password('PLAIN', p)}\n" for u, p in users.items()))
     overrides = {"server": {"state_dir": str(tmp_path / "state"), "hostname": "mx.test"},
-                 "auth": {"passwd_file": str(passwd), "failure_delay": 0.0}}
+                 "auth": {"passwd_file": str(passwd), "failure_delay": 0.0,
+                          # Conn's peer is 192.0.2.7: allow it plaintext logins, as loopback is.
+                          "plaintext_networks": ["127.0.0.0/8", "192.0.2.0/24"]}}
     for name, values in sections.items():
         overrides.setdefault(name, {}).update(values)
     cfg = configmod.load(None, overrides)

@@ -37,6 +37,11 @@ DOVECOT_VECTORS = [
     "{PBKDF2}$1$EeS9ZW1GmrVhOq3i$5000$05c87d0964735e24fc8fe2728ed1d783506a4e4f",
     "{SHA256.HEX}3478267b5612791b40988906b3a7897eb6ab501e04b95ed32f99d0afdf669d9c",
     "{PLAIN-MD5.B64}jhhDAzoPbuUuL2GKqOu+9A==",
+    # for CRAM-MD5 and SCRAM logins (doveadm pw -s ... of Dovecot 2.3.19)
+    "{SCRAM-SHA-1}4096,LpPm25iRopRRNu2AqmFD3g==,kh+tUJXnWol2A5AuyYlluPUP7To=,b0EjNWsbK0UBFPrd4Z9yuLLdXhk=",
+    "{SCRAM-SHA-256}4096,N05Wz7kRfI7FTVAO+++ZFQ==,R7JiV4i+4+tf4BcfwF+bcSik/ljI5x38M1bBrbewdgA=,"
+    "l/nl0ELtzkkPQwUYaAcjbo7gKeQrrMZM7h2RAG1Pae4=",
+    "{CRAM-MD5}7dead29c194d4ac3cf5f337b23fa3b9b32c9f4b1d7d7b1fa2539d66ce368e997",
 ]
 
 REQUIRED = ["PLAIN", "CLEARTEXT", "SHA512-CRYPT", "SHA256-CRYPT", "MD5-CRYPT", "BLF-CRYPT", "ARGON2ID",
@@ -145,7 +150,8 @@ DOVEADM = shutil.which("doveadm")
 
 
 @pytest.mark.skipif(DOVEADM is None, reason="doveadm (dovecot-core) not installed")
-@pytest.mark.parametrize("name", ["SHA512-CRYPT", "BLF-CRYPT", "ARGON2ID", "SSHA512", "PBKDF2", "CRYPT", "SHA1"])
+@pytest.mark.parametrize("name", ["SHA512-CRYPT", "BLF-CRYPT", "ARGON2ID", "SSHA512", "PBKDF2", "CRYPT", "SHA1",
+                                  "CRAM-MD5", "SCRAM-SHA-1", "SCRAM-SHA-256"])
 def test_live_cross_check_with_doveadm(name):
     ours = schemes.hash_password(name, PASSWORD)
     ok = subprocess.run([DOVEADM, "pw", "-t", ours, "-p", PASSWORD], capture_output=True, timeout=30)

@@ -40,8 +40,8 @@ def conn(ctx):
     return c
 
 
-LHLO_REPLY = (b"250-mx.test\r\n250-8BITMIME\r\n250-ENHANCEDSTATUSCODES\r\n250-PIPELINING\r\n"
-              b"250 SIZE 52428800\r\n")
+LHLO_REPLY = (b"250-mx.test\r\n250-8BITMIME\r\n250-BINARYMIME\r\n250-CHUNKING\r\n250-ENHANCEDSTATUSCODES\r\n"
+              b"250-PIPELINING\r\n250-SIZE 52428800\r\n250 SMTPUTF8\r\n")
 
 
 @pytest_twisted.ensureDeferred
@@ -84,7 +84,7 @@ async def test_single_recipient_gets_delivered_to(conn, ctx):
 @pytest_twisted.ensureDeferred
 async def test_end_marker_split_across_packets(conn, ctx):
     await conn.send(b"LHLO x\r\nMAIL FROM:<a@b>\r\nRCPT TO:<carol>\r\nDATA\r\n")
-    body = b"Subject: split\r\n\r\n" + b"x" * 70000 + b"\r\n.leading\r\n"
+    body = b"Subject: split\r\n\r\n" + (b"x" * 68 + b"\r\n") * 1000 + b".leading\r\n"
     stream = body.replace(b"\r\n.", b"\r\n..") + b".\r\nNOOP\r\n"
     out = b""
     for i in range(0, len(stream), 7):           # the marker straddles packet boundaries
@@ -116,7 +116,10 @@ async def test_sequence_and_syntax_errors(conn):
     assert await conn.send(b"MAIL FROM:<a@b> SIZE=999999999\r\n") == (
         b"552 5.3.4 Message size exceeds fixed maximum message size\r\n")
     assert await conn.send(b"MAIL FROM:<a@b> SIZE=x\r\n") == b"501 5.5.4 Invalid SIZE parameter\r\n"
-    assert await conn.send(b"MAIL FROM:<a@b> BODY=BINARYMIME\r\n") == b"501 5.5.4 Unsupported BODY parameter\r\n"
+    assert await conn.send(b"MAIL FROM:<a@b> BODY=7BITX\r\n") == b"501 5.5.4 Unsupported BODY parameter\r\n"
+    assert await conn.send(b"MAIL FROM:<a@b> SMTPUTF8=yes\r\n") == b"501 5.5.4 SMTPUTF8 takes no value\r\n"
+    assert await conn.send("MAIL FROM:<jörg@b>\r\n".encode()) == (
+        b"553 5.6.7 Non-ASCII address needs the SMTPUTF8 parameter\r\n")
     assert await conn.send(b"MAIL FROM:<a@b> AUTH=<>\r\n") == b"555 5.5.4 Unsupported parameter AUTH\r\n"
     assert await conn.send(b"MAIL FROM: <a@b>\r\n") == b"250 2.1.0 OK\r\n"
     assert await conn.send(b"MAIL FROM:<a@b>\r\n") == b"503 5.5.1 MAIL already given\r\n"

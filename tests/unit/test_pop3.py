@@ -10,7 +10,6 @@ from twisted.python.failure import Failure
 
 from mailserver.config import ConfigError
 from mailserver.protocols import pop3
-from mailserver.protocols.pop3 import server as pop3server
 from mailserver.protocols.pop3.content import check_uidl_format, dot_stuff, top, uidl
 from mailserver.storage.api import SEEN
 from mailserver.storage.errors import ErrorKind, StorageError
@@ -55,16 +54,26 @@ def ctx(tmp_path):
         for proto in list(c.connections):
             proto.connectionLost(Failure(ConnectionDone()))
         for user in USERS:
-            await unlocked(user)
+            await unlocked(c, user)
     pytest_twisted.blockon(defer.Deferred.fromCoroutine(teardown()))
 
 
-async def unlocked(user):
-    """Wait for a closed session's clean-up (it runs after the connection is gone)."""
-    for _ in range(500):
-        if user not in pop3server._locked_users:
+async def unlocked(ctx, user):
+    """Wait for a closed session's clean-up (it runs after the connection is gone): until the
+    user's POP3 lock can be taken."""
+    u = await ctx.storage.open_user(user)
+    try:
+        for _ in range(500):
+            try:
+                held = await u.lock("pop3")
+            except StorageError as e:
+                assert e.kind is ErrorKind.IN_USE
+                await task.deferLater(reactor, 0.01, lambda: None)
+                continue
+            await held.release()
             return
-        await task.deferLater(reactor, 0.01, lambda: None)
+    finally:
+        await u.close()
     raise AssertionError(f"{user} still locked")
 
 
@@ -84,7 +93,7 @@ async def login(ctx, user="alice", password="apw"):
 async def test_session(ctx):
     c = connect(ctx)
     assert await c.send(b"CAPA\r\n") == (b"+OK\r\nCAPA\r\nTOP\r\nUIDL\r\nRESP-CODES\r\nAUTH-RESP-CODE\r\n"
-                                         b"PIPELINING\r\nUSER\r\nSASL PLAIN\r\nIMPLEMENTATION mailserver\r\n.\r\n")
+                                         b"PIPELINING\r\nUSER\r\nSASL PLAIN LOGIN\r\nUTF8 USER\r\nIMPLEMENTATION mailserver\r\n.\r\n")
     assert await c.send(b"STAT\r\n") == b"-ERR Command not valid in this state.\r\n"
     assert await c.send(b"PASS x\r\n") == b"-ERR No username given.\r\n"
     assert await c.send(b"USER alice\r\nPASS apw\r\n") == b"+OK\r\n+OK Logged in.\r\n"
@@ -130,7 +139,7 @@ async def test_uidl_stable_and_expunge_at_quit_only(ctx):
     first = await c.send(b"UIDL\r\nDELE 2\r\n")
     c.proto.connectionLost(Failure(ConnectionDone()))      # no QUIT: no UPDATE state
     await c.settle()
-    await unlocked("alice")
+    await unlocked(ctx, "alice")
     c = await login(ctx)
     again = await c.send(b"UIDL\r\n")
     assert again + b"+OK Marked to be deleted.\r\n" == first
@@ -148,11 +157,11 @@ async def test_seen_only_at_quit(ctx):
     c = await login(ctx)
     await c.send(b"RETR 3\r\nTOP 1 1\r\n")
     c.proto.connectionLost(Failure(ConnectionDone()))
-    await unlocked("alice")
+    await unlocked(ctx, "alice")
     assert [SEEN in i.flags for i in await inbox(ctx, "alice")] == [False, False, False]
     c = await login(ctx)
     await c.send(b"RETR 3\r\nTOP 1 1\r\nQUIT\r\n")
-    await unlocked("alice")
+    await unlocked(ctx, "alice")
     assert [SEEN in i.flags for i in await inbox(ctx, "alice")] == [False, False, True]
 
 
@@ -170,7 +179,7 @@ async def test_wrong_password_and_failure_limit(ctx):
 async def test_auth_plain(ctx):
     c = connect(ctx)
     good = base64.b64encode(b"\0alice\0apw")
-    assert await c.send(b"AUTH\r\n") == b"+OK\r\nPLAIN\r\n.\r\n"
+    assert await c.send(b"AUTH\r\n") == b"+OK\r\nPLAIN\r\nLOGIN\r\n.\r\n"
     assert await c.send(b"AUTH CRAM-MD5\r\n") == b"-ERR [AUTH] Unsupported authentication mechanism.\r\n"
     assert await c.send(b"AUTH PLAIN\r\n") == b"+ \r\n"
     assert await c.send(b"*\r\n") == b"-ERR Authentication aborted by client.\r\n"

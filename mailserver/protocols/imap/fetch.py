@@ -18,6 +18,8 @@ from mailserver.storage.api import SEEN, FetchedMail, FetchItem, StoreMode
 from . import binary
 from .commands import SELECTED, Sync, command
 from .commands.messages import resolve
+from .condstore import parse_fetch_modifiers, uid_set_ranges_of, vanished_text
+from .extensions import enable_condstore
 from .errors import bad, no
 from .parser import Args, Atom, String, parse_tokens
 from .response import CRLF, astring, date_time, literal, nstring
@@ -26,7 +28,7 @@ _HEADER_TEXTS = ("HEADER", "HEADER.FIELDS", "HEADER.FIELDS.NOT")
 _SECTION_ATT = re.compile(r"(BODY|BODY\.PEEK)\[(.*)\](?:<([0-9]+)\.([0-9]+)>)?\Z", re.DOTALL | re.IGNORECASE)
 _PART = re.compile(r"[1-9][0-9]{0,8}\Z")
 _FIELD_NAME = re.compile(rb"[!-9;-~]+\Z")
-_SIMPLE = {"FLAGS", "UID", "INTERNALDATE", "RFC822.SIZE", "ENVELOPE", "BODYSTRUCTURE", "BODY"}
+_SIMPLE = {"FLAGS", "UID", "INTERNALDATE", "RFC822.SIZE", "ENVELOPE", "BODYSTRUCTURE", "BODY", "MODSEQ"}
 MACROS = {
     "ALL": ("FLAGS", "INTERNALDATE", "RFC822.SIZE", "ENVELOPE"),
     "FAST": ("FLAGS", "INTERNALDATE", "RFC822.SIZE"),
@@ -215,11 +217,25 @@ def section_data(att: FetchAtt, mail) -> bytes | None:
 @command("FETCH", SELECTED, sync=Sync.NO_EXPUNGE, uid=True)
 async def fetch(session, tag: str, args: Args, uid: bool = False):
     selected = session.selected
+    set_text = args.peek()
     uids = resolve(session, args, uid)
     atts = parse_atts(args)
-    args.end()
+    mods = parse_fetch_modifiers(session, args, uid)
     if uid and not any(a.kind == "UID" for a in atts):
         atts.insert(0, FetchAtt("UID"))
+    kinds = {a.kind for a in atts}
+    if "MODSEQ" in kinds:
+        enable_condstore(session)
+    elif mods.changedsince is not None or ("FLAGS" in kinds and selected.condstore):
+        # RFC 7162 3.1.4.1 / 3.1.3: CHANGEDSINCE, and FLAGS once CONDSTORE is on, carry MODSEQ.
+        atts.append(FetchAtt("MODSEQ"))
+    if mods.vanished:
+        text = vanished_text(selected.mailbox, mods.changedsince,
+                             uid_set_ranges_of(set_text, selected.mailbox.uidnext - 1))
+        if text:
+            session.writer.write(b"* VANISHED (EARLIER) " + text.encode() + CRLF)
+    if mods.changedsince is not None:
+        uids = [u for u in uids if (i := selected.mailbox.info(u)) is not None and i.modseq > mods.changedsince]
     if not uids:
         return None
     mailbox = selected.mailbox
@@ -277,6 +293,9 @@ def _response(selected, msn: int, mail, atts: list, add_flags: bool) -> bytes:
             out.append(b"FLAGS " + selected.flags(latest))
         elif kind == "UID":
             out.append(b"UID %d" % info.uid)
+        elif kind == "MODSEQ":
+            latest = latest or selected.mailbox.info(info.uid) or info
+            out.append(b"MODSEQ (%d)" % latest.modseq)
         elif kind == "RFC822.SIZE":
             out.append(b"RFC822.SIZE %d" % info.vsize)
         elif kind == "INTERNALDATE":
@@ -309,4 +328,6 @@ def _response(selected, msn: int, mail, atts: list, add_flags: bool) -> bytes:
     if add_flags:
         latest = selected.mailbox.info(info.uid) or info
         out.append(b"FLAGS " + selected.flags(latest))
+        if selected.condstore and not any(a.kind == "MODSEQ" for a in atts):
+            out.append(b"MODSEQ (%d)" % latest.modseq)
     return b"* %d FETCH (%s)" % (msn, b" ".join(out)) + CRLF

@@ -15,7 +15,7 @@ from mailserver.storage import api
 from mailserver.storage import search as s
 
 from .errors import CommandError, no
-from .parser import Args, Atom, BadSyntax, MAX_DEPTH
+from .parser import Args, Atom, BadSyntax, MAX_DEPTH, String
 from .seqset import InvalidSequenceSet, SequenceSet, uid_ranges
 
 CHARSETS = ("UTF-8", "US-ASCII")
@@ -44,20 +44,21 @@ class _Context:
 
 
 def parse_search(args: Args, view: Sequence[int], saved: Sequence[int] | None = None,
-                 max_keys: int | None = None) -> s.Node:
+                 charset: str | None = None, max_keys: int | None = None) -> s.Node:
     """The search program for the rest of ``args`` (``[CHARSET name] key *(SP key)``).
 
     ``view``: the selected mailbox's UIDs, ascending, to resolve sequence numbers.
-    ``saved``: the SEARCHRES result (``$``).  ``max_keys``: most search keys allowed (each
-    key, NOT, OR and parenthesised list counts one).  Raises BadSyntax or CommandError
-    (``NO [BADCHARSET]`` for an unknown charset, ``BAD [LIMIT]`` past ``max_keys``).
+    ``saved``: the SEARCHRES result (``$``).  ``charset``: given apart (SORT, THREAD) instead
+    of by a CHARSET key.  ``max_keys``: most search keys allowed (each key, NOT, OR and
+    parenthesised list counts one).  Raises BadSyntax or CommandError (``NO [BADCHARSET]`` for
+    an unknown charset, ``BAD [LIMIT]`` past ``max_keys``).
     """
-    charset = "UTF-8"
-    if args.peek_atom() == "CHARSET":
+    if charset is None and args.peek_atom() == "CHARSET":
         args.next("CHARSET")
-        charset = args.astring("charset").decode("ascii", "replace").upper()
-        if charset not in CHARSETS:
-            raise no("Unsupported charset", "BADCHARSET (" + " ".join(CHARSETS) + ")")
+        charset = args.astring("charset").decode("ascii", "replace")
+    charset = (charset or "UTF-8").upper()
+    if charset not in CHARSETS:
+        raise no("Unsupported charset", "BADCHARSET (" + " ".join(CHARSETS) + ")")
     ctx = _Context(view, False, saved, charset, max_keys)
     keys = []
     while args.more():
@@ -65,6 +66,22 @@ def parse_search(args: Args, view: Sequence[int], saved: Sequence[int] | None = 
     if not keys:
         raise BadSyntax("Missing search key")
     return keys[0] if len(keys) == 1 else s.And(tuple(keys))
+
+
+def uses_modseq(program: s.Node) -> bool:
+    """Does the program have a MODSEQ key (then the result reports the highest mod-sequence)?"""
+    stack = [program]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, s.ModSeq):
+            return True
+        if isinstance(node, s.And):
+            stack.extend(node.items)
+        elif isinstance(node, s.Or):
+            stack.extend((node.left, node.right))
+        elif isinstance(node, s.Not):
+            stack.append(node.item)
+    return False
 
 
 def _key(args: Args, ctx: _Context, depth: int) -> s.Node:
@@ -127,6 +144,19 @@ def _key(args: Args, ctx: _Context, depth: int) -> s.Node:
         return s.Or(left, _key(args, ctx, depth + 1))
     if key == "UID":
         return s.UidIn(_set(args.atom("UID set"), ctx, uid=True))
+    if key in ("OLDER", "YOUNGER"):
+        # WITHIN (RFC 5032): INTERNALDATE more / at most that many seconds ago.
+        return s.Age(key == "OLDER", args.number("interval", nonzero=True))
+    if key == "MODSEQ":
+        # CONDSTORE (RFC 7162 3.1.5).  Per-flag mod-sequences are not kept, so an entry name
+        # and type are checked and the message's own mod-sequence is compared (as Dovecot does).
+        if isinstance(args.peek(), String):
+            entry = args.string("entry name")
+            if not entry.lower().startswith(b"/flags/"):
+                raise BadSyntax("Invalid MODSEQ entry name")
+            if args.keyword("entry type") not in ("PRIV", "SHARED", "ALL"):
+                raise BadSyntax("Invalid MODSEQ entry type")
+        return s.ModSeq(args.number("mod-sequence", maximum=2 ** 63 - 1))
     if key == "SAVEDATESUPPORTED":      # RFC 8514: every mailbox here keeps save dates
         return s.All()
     if key == "EMAILID":                # RFC 8474
@@ -145,7 +175,7 @@ def _set(text: str, ctx: _Context, uid: bool) -> tuple:
     except InvalidSequenceSet as e:
         raise BadSyntax(str(e)) from None
     if seqset.saved and ctx.saved is None:
-        raise BadSyntax("$ needs SEARCHRES, which is not supported")
+        ctx.saved = ()
     if uid or seqset.saved:
         return seqset.uid_ranges(ctx.view, uid=True, saved=ctx.saved)
     # Sequence numbers beyond the mailbox simply match nothing in a search.

@@ -18,11 +18,12 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from mailserver.auth import sasl
+from mailserver import tls
 from mailserver.storage.errors import ErrorKind, StorageError
 
 from . import commands
 from .commands import Done, State, Sync
+from .extensions import EXTENSIONS_A
 from .errors import CommandError, is_server_fault, storage_answer
 from .parser import CONTINUE, Args, BadSyntax, Command, CommandParser, LineTooLong, ParseError
 from .response import ResponseWriter, status_line
@@ -62,6 +63,8 @@ class IMAPServerProtocol(Protocol):
         self.user = None
         self.selected = None
         self.utf8 = False
+        self.enabled: set[str] = set()      # ENABLEd extensions (CONDSTORE, QRESYNC, IMAP4REV2...)
+        self.notify = None                  # active NOTIFY SET (commands/notify.py)
         self.idling = False                 # in IDLE (counted against [imap] max_idle_per_user)
         self.compression = None             # compress.Deflate once COMPRESS=DEFLATE is active
         self._after_reply: list = []        # run once the tagged answer is handed to the transport
@@ -101,12 +104,19 @@ class IMAPServerProtocol(Protocol):
                 "ENABLE", "IDLE", "NAMESPACE", "UNSELECT",
                 "UIDPLUS", "CHILDREN", "SPECIAL-USE", "MOVE", "MULTIAPPEND", "STATUS=SIZE",
                 f"APPENDLIMIT={self.config.max_literal_size}"]
+        caps += EXTENSIONS_A
         caps += ["BINARY", "CATENATE", "REPLACE", "UTF8=ACCEPT", "OBJECTID", "SAVEDATE", "PREVIEW"]
         if self.state is State.NOT_AUTHENTICATED:
-            caps += ["AUTH=" + name for name in sasl.names()]
+            caps += tls.auth_capabilities(self.ctx, self.transport, self.peer,
+                                          starttls=self.compression is None)
         else:
             caps += ["COMPRESS=DEFLATE", "UNAUTHENTICATE"] + (["URLAUTH"] if self.ctx.dict is not None else [])
         return caps
+
+    @property
+    def plaintext_ok(self) -> bool:
+        """May this client send a password in the clear (TLS, or a plaintext_networks peer)?"""
+        return tls.plaintext_ok(self.ctx, self.transport, self.peer)
 
     # --- connection -----------------------------------------------------------------------------
     def connectionMade(self) -> None:
@@ -189,8 +199,12 @@ class IMAPServerProtocol(Protocol):
 
     def _release(self) -> None:
         """Give back the selected mailbox and the user's storage (after the connection ended)."""
-        selected, user = self.selected, self.user
-        self.selected = self.user = None
+        selected, user, notify = self.selected, self.user, self.notify
+        self.selected = self.user = self.notify = None
+        if notify is not None:
+            defer.Deferred.fromCoroutine(notify.stop()).addErrback(
+                lambda f: log.failure("imap session={session}: stopping NOTIFY failed", f,
+                                      session=self.session_id))
 
         async def release():
             if selected is not None:
@@ -432,8 +446,16 @@ class IMAPServerProtocol(Protocol):
             await selected.close()
 
     def wake(self) -> None:
-        """Called when the selected mailbox changed (IDLE reports it at once)."""
+        """Called when the selected mailbox changed (IDLE reports it at once; so does NOTIFY
+        when no command is running)."""
         self._wake()
+        if self.notify is not None:
+            self.notify.selected_changed()
+
+    @property
+    def busy(self) -> bool:
+        """A command is running or queued (unsolicited updates must wait for its end)."""
+        return self._running or bool(self._queue)
 
     def after_reply(self, hook) -> None:
         """Run ``hook()`` once the current command's tagged answer has been handed to the
@@ -444,6 +466,9 @@ class IMAPServerProtocol(Protocol):
         """RFC 8437: back to the not-authenticated state, as after the greeting (TLS and
         COMPRESS stay; the user's storage and every ENABLEd extension are released)."""
         await self.unselect()
+        notify, self.notify = self.notify, None
+        if notify is not None:
+            await notify.stop()
         user, self.user = self.user, None
         self.username = None
         self.state = State.NOT_AUTHENTICATED
@@ -462,6 +487,7 @@ class IMAPServerFactory(Factory):
     def __init__(self, ctx, clock=None):
         self.ctx = ctx
         self.clock = clock
+        commands.load()     # import every command module now, not on the first connection
 
     def buildProtocol(self, addr):
         proto = IMAPServerProtocol(self.ctx, self.clock)

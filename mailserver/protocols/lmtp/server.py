@@ -1,34 +1,33 @@
-"""LMTP server (RFC 2033 over RFC 5321's commands): delivers into each recipient's INBOX.
+"""LMTP server (RFC 2033 over RFC 5321's commands): delivers into each recipient's INBOX (or
+detail mailbox).
 
-One reply per accepted recipient after DATA, in RCPT order, each sent once that recipient's save
-has committed (deliveries run in parallel).  Pipelined commands are handled in order by the
-line-protocol base, including the asynchronous RCPT lookups.
+Extensions: PIPELINING, 8BITMIME, ENHANCEDSTATUSCODES, SIZE, SMTPUTF8 (RFC 6531), CHUNKING and
+BINARYMIME (RFC 3030, BDAT), and XCLIENT (Postfix's, from ``[lmtp] trusted_networks`` only).
+One reply per accepted recipient after DATA or BDAT LAST, in RCPT order, each sent once that
+recipient's save has committed (deliveries run in parallel, see delivery.py).  Pipelined commands
+are handled in order by the line-protocol base, including the asynchronous RCPT lookups.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import time
 
-from twisted.internet import defer
 from twisted.logger import Logger
 
+from mailserver import tls
 from mailserver.auth import AuthUnavailable
 from mailserver.protocols.linebased import LineServerFactory, LineServerProtocol
-from mailserver.protocols.lmtp.message import DataReader, PathError, parse_path, recipient_username, trace_headers
-from mailserver.storage.errors import ErrorKind, StorageError
+from mailserver.protocols.lmtp.delivery import Recipient, deliver
+from mailserver.protocols.lmtp.message import (ChunkReader, DataReader, PathError, body_problem, normalize_crlf,
+                                               parse_path, recipient_username, trace_headers, xtext_decode)
 
 log = Logger(namespace="mailserver.lmtp")
 
-_BODY_TYPES = ("7BIT", "8BITMIME")
-
-
-class Recipient:
-    __slots__ = ("address", "username", "detail")
-
-    def __init__(self, address: str, username: str, detail: str):
-        self.address = address
-        self.username = username        # normalised, known to the passdb
-        self.detail = detail
+_BODY_TYPES = ("7BIT", "8BITMIME", "BINARYMIME")
+# Postfix's XCLIENT attributes that we take (others are refused with 501).
+_XCLIENT_ATTRS = ("ADDR", "HELO", "LOGIN", "NAME", "PORT", "PROTO")
+_MAX_CHUNK_DIGITS = 20
 
 
 class LMTPServer(LineServerProtocol):
@@ -39,16 +38,29 @@ class LMTPServer(LineServerProtocol):
     max_recipients = 1000
     recipient_delimiter = "+"
     hostname = "localhost"
+    save_to_detail_mailbox = False
+    add_received_header = True
+    max_body_line_length = 1000
+    trusted_networks: tuple = ()
 
     def __init__(self, ctx=None):
         super().__init__(ctx)
         self.lhlo = ""
+        self.trusted = False            # may use XCLIENT (decided on the real peer address)
+        self.xclient: dict = {}         # attributes an MTA proxy sent with XCLIENT
         self._reset()
 
     def _reset(self) -> None:
         self.sender: str | None = None
+        self.body_type = "7BIT"
+        self.smtputf8 = False
         self.recipients: list[Recipient] = []
         self.reader: DataReader | None = None
+        self.chunks: ChunkReader | None = None
+
+    def connectionMade(self):
+        super().connectionMade()
+        self.trusted = _is_trusted(self.peer_host, self.trusted_networks)
 
     # --- framing ------------------------------------------------------------------------------------
 
@@ -75,8 +87,8 @@ class LMTPServer(LineServerProtocol):
         self.send("451 4.3.0 Internal error")
 
     def connection_closed(self):
-        if self.reader is not None:
-            log.info("connection lost during DATA, nothing delivered", **self.event())
+        if self.reader is not None or self.chunks is not None:
+            log.info("connection lost during DATA or BDAT, nothing delivered", **self.event())
         self._reset()
 
     # --- commands -----------------------------------------------------------------------------------
@@ -101,9 +113,37 @@ class LMTPServer(LineServerProtocol):
             return
         self.lhlo = name
         self._reset()
-        self.transport.write(
-            f"250-{self.hostname}\r\n250-8BITMIME\r\n250-ENHANCEDSTATUSCODES\r\n250-PIPELINING\r\n"
-            f"250 SIZE {self.max_message_size}\r\n".encode())
+        caps = [self.hostname] + self.capabilities()
+        self.transport.write("".join(f"250-{c}\r\n" for c in caps[:-1]).encode() + f"250 {caps[-1]}\r\n".encode())
+
+    def capabilities(self) -> list[str]:
+        """LHLO keywords for this connection (STARTTLS while plaintext and [tls] is set; XCLIENT only
+        to trusted peers, as Dovecot)."""
+        caps = ["8BITMIME", "BINARYMIME", "CHUNKING", "ENHANCEDSTATUSCODES", "PIPELINING",
+                f"SIZE {self.max_message_size}", "SMTPUTF8"]
+        if tls.starttls_available(self.ctx, self.transport):
+            caps.append("STARTTLS")
+        if self.trusted:
+            caps.append("XCLIENT " + " ".join(_XCLIENT_ATTRS))
+        return caps
+
+    def cmd_STARTTLS(self, arg: str):
+        """RFC 3207.  Commands pipelined after STARTTLS in plaintext are dropped, and the session
+        starts over (the client must send LHLO again)."""
+        if arg.strip():
+            self.send("501 5.5.4 STARTTLS takes no parameters")
+            return
+        if not tls.starttls_available(self.ctx, self.transport):
+            self.send("503 5.5.1 TLS already active" if tls.is_secure(self.transport)
+                      else "454 4.7.0 TLS not available")
+            return
+        if self._buffer:
+            log.warn("discarded {n} bytes pipelined after STARTTLS", n=len(self._buffer), **self.event())
+            self._buffer.clear()
+        self.lhlo = ""
+        self._reset()
+        self.send("220 2.0.0 Ready to start TLS")
+        tls.start_tls(self.transport, self.ctx.tls)
 
     def _stopping(self) -> bool:
         """Refuse new transactions while the server shuts down (in-flight ones finish)."""
@@ -129,6 +169,7 @@ class LMTPServer(LineServerProtocol):
         except PathError as e:
             self.send(f"501 5.5.4 Invalid FROM: {e}")
             return
+        body_type, smtputf8 = "7BIT", False
         for key, value in params.items():
             if key == "SIZE":
                 if not value.isdigit() or len(value) > 20:
@@ -141,10 +182,19 @@ class LMTPServer(LineServerProtocol):
                 if value.upper() not in _BODY_TYPES:
                     self.send("501 5.5.4 Unsupported BODY parameter")
                     return
+                body_type = value.upper()
+            elif key == "SMTPUTF8":
+                if value:
+                    self.send("501 5.5.4 SMTPUTF8 takes no value")
+                    return
+                smtputf8 = True
             else:
                 self.send(f"555 5.5.4 Unsupported parameter {key}")
                 return
-        self.sender = sender
+        if not smtputf8 and not sender.isascii():
+            self.send("553 5.6.7 Non-ASCII address needs the SMTPUTF8 parameter")
+            return
+        self.sender, self.body_type, self.smtputf8 = sender, body_type, smtputf8
         self.send("250 2.1.0 OK")
 
     async def cmd_RCPT(self, arg: str):
@@ -161,6 +211,12 @@ class LMTPServer(LineServerProtocol):
             return
         if params:
             self.send(f"555 5.5.4 Unsupported parameter {next(iter(params))}")
+            return
+        if not self.smtputf8 and not address.isascii():
+            self.send(f"553 5.6.7 <{address}> Non-ASCII address needs the SMTPUTF8 parameter")
+            return
+        if self.chunks is not None:
+            self.send("503 5.5.1 RCPT not allowed after BDAT")
             return
         if len(self.recipients) >= self.max_recipients:
             self.send("452 4.5.3 Too many recipients")
@@ -190,11 +246,65 @@ class LMTPServer(LineServerProtocol):
         if arg.strip():
             self.send("501 5.5.4 DATA takes no parameters")
             return
+        if self.chunks is not None:
+            self.send("503 5.5.1 DATA not allowed after BDAT")
+            return
+        if self.body_type == "BINARYMIME":
+            self.send("503 5.5.1 BODY=BINARYMIME needs BDAT, not DATA")
+            return
         if self._stopping():
             return
         self.send("354 OK")
         self.reader = DataReader(self.max_message_size)
         self.raw_mode = True
+
+    def cmd_BDAT(self, arg: str):
+        """RFC 3030: ``BDAT <size> [LAST]``, then exactly ``size`` bytes.  The bytes are read even
+        when the command is refused, so the connection stays in step."""
+        parts = arg.split()
+        if not 1 <= len(parts) <= 2 or not parts[0].isdigit() or len(parts[0]) > _MAX_CHUNK_DIGITS or \
+                (len(parts) == 2 and parts[1].upper() != "LAST"):
+            self.send("501 5.5.4 Syntax: BDAT <size> [LAST]")
+            return None
+        size, last = int(parts[0]), len(parts) == 2
+        if self.chunks is None:
+            self.chunks = ChunkReader(self.max_message_size)
+        self.chunks.start(size, last)
+        if size == 0:
+            return self._chunk_done()
+        self.raw_mode = True
+        return None
+
+    def _chunk_done(self):
+        """A whole chunk was read: refuse it, acknowledge it, or (LAST) deliver."""
+        chunks = self.chunks
+        problem = None
+        if self.sender is None:
+            problem = "503 5.5.1 MAIL needed first"
+        elif not self.recipients:
+            problem = "503 5.5.1 No valid recipients"
+        elif chunks.failed:
+            problem = "503 5.5.1 Previous data chunk failed, issue RSET first"
+        elif self._stopping():
+            return True
+        if problem is not None:
+            # Without a transaction there is nothing to keep; with one, only RSET clears it.
+            if self.sender is None or not self.recipients:
+                self.chunks = None
+            else:
+                chunks.failed = True
+            self.send(problem)
+            return True
+        if chunks.too_big and not chunks.last:
+            chunks.failed = True
+            log.info("BDAT message from <{sender}> over {limit} bytes refused", sender=self.sender,
+                     limit=self.max_message_size, **self.event())
+            self.send("552 5.3.4 Message too big for system")
+            return True
+        if not chunks.last:
+            self.send(f"250 2.0.0 Added {chunks.chunk_size} octets")
+            return True
+        return self._deliver_all()
 
     def cmd_RSET(self, arg: str):
         self._reset()
@@ -211,11 +321,66 @@ class LMTPServer(LineServerProtocol):
         self.send("252 2.3.3 Try RCPT instead")
 
     def cmd_HELP(self, arg: str):
-        self.send("214 2.0.0 Commands: LHLO MAIL RCPT DATA RSET NOOP QUIT VRFY HELP")
+        self.send("214 2.0.0 Commands: LHLO MAIL RCPT DATA BDAT RSET NOOP QUIT VRFY HELP STARTTLS XCLIENT")
+
+    def cmd_XCLIENT(self, arg: str):
+        """Postfix's XCLIENT from a trusted proxy: the client's address, HELO name and login for
+        the Received header and logs.  Answered with a new greeting (the client sends LHLO again)."""
+        if not self.trusted:
+            log.warn("XCLIENT refused: {peer} is not in trusted_networks", **self.event())
+            self.send("550 5.7.0 You are not from trusted IP")
+            return
+        if self.sender is not None:
+            self.send("503 5.5.1 Mail transaction in progress")
+            return
+        attrs = {}
+        for item in arg.split():
+            name, eq, value = item.partition("=")
+            name = name.upper()
+            if not eq or name not in _XCLIENT_ATTRS:
+                self.send(f"501 5.5.4 Unsupported XCLIENT attribute {name[:20]}")
+                return
+            try:
+                value = xtext_decode(value)
+            except ValueError:
+                self.send(f"501 5.5.4 Invalid XCLIENT {name} value")
+                return
+            if value.upper() in ("[UNAVAILABLE]", "[TEMPUNAVAIL]"):
+                value = ""
+            if name == "ADDR" and value:
+                if value.upper().startswith("IPV6:"):
+                    value = value[5:]
+                try:
+                    value = str(ipaddress.ip_address(value))
+                except ValueError:
+                    self.send("501 5.5.4 Invalid XCLIENT ADDR value")
+                    return
+            if name == "PORT" and value and not (value.isdigit() and int(value) <= 65535):
+                self.send("501 5.5.4 Invalid XCLIENT PORT value")
+                return
+            attrs[name] = value
+        if not attrs:
+            self.send("501 5.5.4 Syntax: XCLIENT attribute=value ...")
+            return
+        log.info("XCLIENT from {peer}: {attrs}", attrs=" ".join(f"{k}={v}" for k, v in attrs.items()),
+                 **self.event())
+        self.xclient.update(attrs)
+        if attrs.get("ADDR"):
+            addr, port = attrs["ADDR"], attrs.get("PORT") or "0"
+            self.peer_host = addr
+            self.peer = f"[{addr}]:{port}" if ":" in addr else f"{addr}:{port}"
+        self.lhlo = ""
+        self._reset()
+        self.greet()
 
     # --- DATA and delivery -------------------------------------------------------------------------
 
     def raw_received(self, buffer: bytearray):
+        if self.chunks is not None:
+            if not self.chunks.feed(buffer):
+                return None
+            self.raw_mode = False
+            return self._chunk_done()
         rest = self.reader.feed(buffer)
         if rest is None:
             return None
@@ -223,67 +388,54 @@ class LMTPServer(LineServerProtocol):
         buffer[:0] = rest               # pipelined commands after the final dot
         return self._deliver_all()
 
+    def _received_body(self) -> tuple[bytes | None, bool]:
+        """The message of the finished DATA or BDAT (None if too big) and whether it is binary."""
+        if self.chunks is not None:
+            binary = self.body_type == "BINARYMIME"
+            if self.chunks.too_big:
+                return None, binary
+            body = bytes(self.chunks.data)
+            return (body if binary else normalize_crlf(body)), binary
+        body = self.reader.message()
+        return (None if self.reader.too_big else body), False
+
     async def _deliver_all(self):
-        reader, recipients, sender = self.reader, self.recipients, self.sender
+        recipients, sender, utf8 = self.recipients, self.sender, self.smtputf8
+        body, binary = self._received_body()
         self._reset()
-        body = reader.message()
-        if reader.too_big:
+        if body is None:
             log.info("message from <{sender}> over {limit} bytes refused", sender=sender,
                      limit=self.max_message_size, **self.event())
-            for rcpt in recipients:
-                self.send(f"552 5.3.4 <{rcpt.address}> Message too big for system")
+            self.transport.write("".join(f"552 5.3.4 <{r.address}> Message too big for system\r\n"
+                                         for r in recipients).encode("utf-8"))
             return
-        data = trace_headers(sender, [r.address for r in recipients], self.lhlo, self.peer_host,
-                             self.hostname, self.session) + body
-        now = int(time.time())
-        pending = [defer.Deferred.fromCoroutine(self._deliver(rcpt, data, now)) for rcpt in recipients]
-        for rcpt, d in zip(recipients, pending):
-            self.send(await d)
-
-    async def _deliver(self, rcpt: Recipient, data: bytes, internaldate: int) -> str:
-        """Save into one recipient's INBOX; the reply line for that recipient."""
-        event = self.event(recipient=rcpt.address, rcpt_user=rcpt.username, size=len(data))
-        try:
-            user = await self.ctx.storage.open_user(rcpt.username)
-            try:
-                tx = user.begin_save("INBOX")
-                try:
-                    await tx.add(data, flags=(), internaldate=internaldate)
-                    result = await tx.commit()
-                except BaseException:
-                    await _rollback(tx, event)
-                    raise
-            finally:
-                await user.close()
-        except StorageError as e:
-            return self._storage_failure(rcpt, e, event)
-        except Exception:
-            log.failure("delivery to {recipient} failed", **event)
-            return f"451 4.3.0 <{rcpt.address}> Temporary internal error"
-        log.info("saved mail to {rcpt_user} INBOX uid {uid} ({size} bytes)",
-                 uid=result.uids[0] if result.uids else "?", **event)
-        return f"250 2.0.0 <{rcpt.address}> {self.session} Saved"
-
-    def _storage_failure(self, rcpt: Recipient, e: StorageError, event: dict) -> str:
-        if e.kind is ErrorKind.OVER_QUOTA:
-            log.info("delivery to {recipient}: over quota: {detail}", detail=e.detail, **event)
-            return f"552 5.2.2 <{rcpt.address}> Quota exceeded (mailbox for user is full)"
-        if e.kind is ErrorKind.TOO_BIG:
-            log.info("delivery to {recipient}: too big: {detail}", detail=e.detail, **event)
-            return f"552 5.3.4 <{rcpt.address}> Message too big for system"
-        if e.kind is ErrorKind.TEMPORARY:
-            log.warn("delivery to {recipient}: temporary failure: {detail}", detail=e.detail, **event)
-        else:
-            log.error("delivery to {recipient} failed ({kind}): {detail}", kind=e.kind.value,
-                      detail=e.detail, **event)
-        return f"451 4.3.0 <{rcpt.address}> Temporary internal error"
+        problem = None if binary else body_problem(body, self.max_body_line_length)
+        if problem is not None:
+            log.info("message from <{sender}> refused: {problem}", sender=sender, problem=problem, **self.event())
+            self.transport.write("".join(f"554 5.6.0 <{r.address}> {problem}\r\n"
+                                         for r in recipients).encode("utf-8"))
+            return
+        helo = self.xclient.get("HELO") or self.lhlo
+        data = trace_headers(sender, [r.address for r in recipients], helo, self.peer_host,
+                             self.hostname, self.session, received=self.add_received_header, utf8=utf8) + body
+        replies = deliver(self.ctx.storage, recipients, data, int(time.time()), session=self.session,
+                          event=self.event(), to_detail_mailbox=self.save_to_detail_mailbox)
+        for reply in replies:
+            self.send(await reply)
 
 
-async def _rollback(tx, event: dict) -> None:
+def _is_trusted(host: str, networks) -> bool:
+    """Peers in ``networks`` are trusted; so are non-IP transports (UNIX sockets: the file's
+    permissions decide who connects)."""
+    if not host:
+        return True
     try:
-        await tx.rollback()
-    except Exception:
-        log.failure("rollback after a failed delivery failed", **event)
+        addr = ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return False
+    if addr.version == 6 and addr.ipv4_mapped is not None:
+        addr = addr.ipv4_mapped
+    return any(addr in net for net in networks)
 
 
 class LMTPFactory(LineServerFactory):
@@ -297,3 +449,15 @@ class LMTPFactory(LineServerFactory):
         proto.max_recipients = c.lmtp.max_recipients
         proto.recipient_delimiter = c.lmtp.recipient_delimiter
         proto.hostname = c.server.hostname
+        proto.save_to_detail_mailbox = c.lmtp.save_to_detail_mailbox
+        proto.add_received_header = c.lmtp.add_received_header
+        proto.max_body_line_length = c.lmtp.max_body_line_length
+        proto.trusted_networks = self.trusted_networks
+
+    @property
+    def trusted_networks(self) -> tuple:
+        nets = getattr(self, "_trusted_networks", None)
+        if nets is None:
+            nets = self._trusted_networks = tuple(ipaddress.ip_network(n, strict=False)
+                                                  for n in self.ctx.config.lmtp.trusted_networks)
+        return nets

@@ -64,9 +64,14 @@ def check_uidl_format(fmt: str) -> str | None:
         if m.group(4) is None:
             return f"unknown variable at {fmt[m.start():m.start() + 3]!r} (known: %u %v %g %%)"
     sample = uidl(fmt, 4294967295, 4294967295, "f" * 32)
-    if len(sample) > 70 or any(not 0x21 <= ord(c) <= 0x7E for c in sample):
+    if not valid_uidl(sample):
         return "expands to more than 70 characters or to characters outside 0x21-0x7E (RFC 1939)"
     return None
+
+
+def valid_uidl(value: str) -> bool:
+    """RFC 1939: 1 to 70 characters in 0x21-0x7E."""
+    return 0 < len(value) <= 70 and all(0x21 <= ord(c) <= 0x7E for c in value)
 
 
 def uidl(fmt: str, uid: int, uidvalidity: int, guid: str) -> str:

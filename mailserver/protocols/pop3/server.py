@@ -1,10 +1,15 @@
-"""POP3 server (RFC 1939, CAPA and response codes from RFC 2449, SASL from RFC 5034).
+"""POP3 server (RFC 1939, CAPA and response codes from RFC 2449, SASL from RFC 5034, UTF8 from
+RFC 6856).
 
 The session's message list is INBOX as it was at login (one ``refresh`` then); deletions are
-kept in the session and applied at QUIT (the UPDATE state): ``\\Deleted`` is stored and exactly
-those messages are expunged.  Retrieved messages get ``\\Seen`` at QUIT only; a client that goes
-away without QUIT changes nothing, and RSET also forgets what was retrieved (Dovecot 2.3 does both).  One POP3 session per user at a time: the lock is per process
-(a second server process does not see it).
+kept in the session and applied at QUIT (the UPDATE state), as ``[pop3] delete_mode`` says:
+``expunge`` stores ``\\Deleted`` and expunges exactly those messages; ``move`` moves them to
+``delete_mailbox``; ``seen`` only marks them ``\\Seen``; ``hide`` sets ``deleted_keyword``, and
+messages with that keyword are left out of later POP3 sessions (IMAP still sees them).
+Retrieved messages get ``\\Seen`` at QUIT only (never with ``no_flag_updates``); a client that
+goes away without QUIT changes nothing, and RSET also forgets what was retrieved (Dovecot 2.3 does
+both).  One POP3 session per user at a time, across every server process on the same storage
+(``User.lock("pop3")``); a second one gets ``-ERR [IN-USE]``.
 """
 
 from __future__ import annotations
@@ -15,28 +20,29 @@ import binascii
 from twisted.internet import defer
 from twisted.logger import Logger
 
+from mailserver import tls
 from mailserver.auth import AuthResult, sasl
 from mailserver.protocols.linebased import LineServerFactory, LineServerProtocol
-from mailserver.protocols.pop3.content import ChunkProducer, dot_stuff, top, uidl
+from mailserver.protocols.pop3.content import ChunkProducer, dot_stuff, top, uidl, valid_uidl
 from mailserver.storage.api import DELETED, SEEN, FetchItem, StoreMode
 from mailserver.storage.errors import ErrorKind, StorageError
 
 log = Logger(namespace="mailserver.pop3")
 
 MAX_BAD_COMMANDS = 20
+PLAINTEXT_REFUSED = "-ERR [AUTH] Plaintext authentication disallowed on non-secure (SSL/TLS) connections."
 STREAM_THRESHOLD = 256 * 1024   # bigger responses go out through a producer
 
-# Users with a POP3 session in this process.
-_locked_users: set[str] = set()
 
 
 class Message:
-    __slots__ = ("uid", "size", "uidl", "deleted", "retrieved", "seen")
+    __slots__ = ("uid", "size", "guid", "uidl", "deleted", "retrieved", "seen")
 
-    def __init__(self, uid: int, size: int, uidl_: str, seen: bool):
+    def __init__(self, uid: int, size: int, guid: str, seen: bool):
         self.uid = uid
         self.size = size
-        self.uidl = uidl_
+        self.guid = guid
+        self.uidl: str | None = None    # computed at the first UIDL command
         self.deleted = False
         self.retrieved = False
         self.seen = seen
@@ -47,6 +53,10 @@ class POP3Server(LineServerProtocol):
     max_auth_failures = 3
     uidl_format = "%g"
     hostname = "localhost"
+    delete_mode = "expunge"
+    delete_mailbox = "Trash"
+    deleted_keyword = "$POP3Deleted"
+    no_flag_updates = False
 
     def __init__(self, ctx=None):
         super().__init__(ctx)
@@ -56,7 +66,9 @@ class POP3Server(LineServerProtocol):
         self._sasl: sasl.Mechanism | None = None
         self._auth_failures = 0
         self._bad_commands = 0
-        self._locked = ""
+        self.utf8 = False               # RFC 6856 UTF8 command given
+        self._uidls_ready = False
+        self._lock = None
         self._storage_user = None
         self._box = None
         self._released = False
@@ -111,10 +123,10 @@ class POP3Server(LineServerProtocol):
         verb, _, arg = text.partition(" ")
         verb = verb.upper()
         handler = None
-        if verb.isalpha() and verb.isascii():
+        if verb.isalnum() and verb.isascii():
             handler = getattr(self, f"{self.state}_{verb}", None) or getattr(self, f"any_{verb}", None)
         if handler is None:
-            if verb.isalpha() and (getattr(self, f"trans_{verb}", None) or getattr(self, f"auth_{verb}", None)):
+            if verb.isalnum() and verb.isascii() and (getattr(self, f"trans_{verb}", None) or getattr(self, f"auth_{verb}", None)):
                 self.send("-ERR Command not valid in this state.")
             else:
                 self.send("-ERR Unknown command.")
@@ -127,7 +139,13 @@ class POP3Server(LineServerProtocol):
     def any_CAPA(self, arg: str):
         caps = ["CAPA", "TOP", "UIDL", "RESP-CODES", "AUTH-RESP-CODE", "PIPELINING"]
         if self.state == "auth":
-            caps += ["USER", "SASL " + " ".join(sasl.names())]
+            plaintext_ok = self._plaintext_ok()
+            if tls.starttls_available(self.ctx, self.transport):
+                caps.append("STLS")
+            if plaintext_ok:
+                caps.append("USER")
+            caps.append("SASL " + " ".join(self.ctx.auth.mechanisms(plaintext_ok)))
+            caps.append("UTF8 USER")
         caps.append("IMPLEMENTATION mailserver")
         self.transport.write(("+OK\r\n" + "".join(c + "\r\n" for c in caps) + ".\r\n").encode())
 
@@ -140,7 +158,37 @@ class POP3Server(LineServerProtocol):
         self.send("+OK Logging out.")
         self.close()
 
+    def auth_UTF8(self, arg: str):
+        """RFC 6856: UTF-8 in usernames, passwords and messages.  Messages are sent as stored
+        either way (they are never downgraded); usernames and passwords are always read as UTF-8."""
+        if arg.strip():
+            self.send("-ERR UTF8 takes no arguments.")
+            self._bad()
+            return
+        self.utf8 = True
+        self.send("+OK UTF8 enabled.")
+
+    def _plaintext_ok(self) -> bool:
+        return tls.plaintext_ok(self.ctx, self.transport, self.peer)
+
+    def auth_STLS(self, arg: str):
+        """RFC 2595.  Whatever the client sent after STLS in plaintext is dropped, never run."""
+        if not tls.starttls_available(self.ctx, self.transport):
+            self.send("-ERR TLS is already active." if tls.is_secure(self.transport)
+                      else "-ERR TLS support isn't enabled.")
+            return
+        if self._buffer:
+            log.warn("discarded {n} bytes pipelined after STLS", n=len(self._buffer), **self.event())
+            self._buffer.clear()
+        self._pending_user = None
+        self.utf8 = False               # nothing negotiated in plaintext survives STLS
+        self.send("+OK Begin TLS negotiation now.")
+        tls.start_tls(self.transport, self.ctx.tls)
+
     def auth_USER(self, arg: str):
+        if not self._plaintext_ok():
+            self.send(PLAINTEXT_REFUSED)
+            return
         if not arg:
             self.send("-ERR No username given.")
             self._bad()
@@ -163,11 +211,16 @@ class POP3Server(LineServerProtocol):
 
     def auth_AUTH(self, arg: str):
         name, _, initial = arg.strip().partition(" ")
+        plaintext_ok = self._plaintext_ok()
         if not name:
-            self.transport.write(("+OK\r\n" + "".join(m + "\r\n" for m in sasl.names()) + ".\r\n").encode())
+            names = self.ctx.auth.mechanisms(plaintext_ok)
+            self.transport.write(("+OK\r\n" + "".join(m + "\r\n" for m in names) + ".\r\n").encode())
             return None
-        mech = sasl.start(name, self.ctx.auth, service="pop3", peer=self.peer)
+        mech = sasl.start(name, self.ctx.auth, service="pop3", peer=self.peer, plaintext_ok=plaintext_ok)
         if mech is None:
+            if not plaintext_ok and name.upper() in sasl.PLAINTEXT:
+                self.send(PLAINTEXT_REFUSED)
+                return None
             self.send("-ERR [AUTH] Unsupported authentication mechanism.")
             self._bad()
             return None
@@ -226,24 +279,23 @@ class POP3Server(LineServerProtocol):
         if self.ctx.stopping:
             self.shutdown()
             return
-        if username in _locked_users:
-            log.info("POP3 login refused: mailbox of {name} in use", name=username, **self.event())
-            self.send("-ERR [IN-USE] Mailbox is locked by another POP3 session.")
-            return
-        _locked_users.add(username)
-        self._locked = username
         try:
             self._storage_user = await self.ctx.storage.open_user(username)
+            self._lock = await self._storage_user.lock("pop3")
             self._box = await self._storage_user.open_mailbox("INBOX")
             await self._box.refresh()
         except StorageError as e:
-            self.send(self._storage_reply(e, "opening INBOX"))
+            if e.kind is ErrorKind.IN_USE:
+                log.info("POP3 login refused: mailbox of {name} in use ({detail})", name=username,
+                         detail=e.detail, **self.event())
+                self.send("-ERR [IN-USE] Mailbox is locked by another POP3 session.")
+            else:
+                self.send(self._storage_reply(e, "opening INBOX"))
             await self._close_storage()
             return
-        box = self._box
-        self.messages = [Message(i.uid, i.vsize, uidl(self.uidl_format, i.uid, box.uidvalidity, i.guid),
-                                 SEEN in i.flags)
-                         for i in box.all_info() if i is not None]
+        hidden = self.deleted_keyword if self.delete_mode == "hide" else None
+        self.messages = [Message(i.uid, i.vsize, i.guid, SEEN in i.flags)
+                         for i in self._box.all_info() if i is not None and hidden not in i.flags]
         self.user = username
         self.state = "trans"
         if self.closing:            # the client left while we were opening
@@ -288,14 +340,40 @@ class POP3Server(LineServerProtocol):
         lines = [f"+OK {len(live)} messages:"] + [f"{n} {m.size}" for n, m in live] + ["."]
         self.transport.write(("\r\n".join(lines) + "\r\n").encode())
 
-    def trans_UIDL(self, arg: str):
+    async def trans_UIDL(self, arg: str):
+        found = None
         if arg.strip():
             found = self._message(arg)
-            if found is not None:
-                self.send(f"+OK {found[0]} {found[1].uidl}")
+            if found is None:
+                return
+        try:
+            await self._compute_uidls()
+        except StorageError as e:
+            self.send(self._storage_reply(e, "reading UIDLs"))
+            return
+        if found is not None:
+            self.send(f"+OK {found[0]} {found[1].uidl}")
             return
         lines = ["+OK"] + [f"{n} {m.uidl}" for n, m in self._live()] + ["."]
         self.transport.write(("\r\n".join(lines) + "\r\n").encode())
+
+    async def _compute_uidls(self) -> None:
+        """Every message's UIDL, once per session: the one recorded at migration when there is
+        one (read from storage), else ``uidl_format`` expanded."""
+        if self._uidls_ready:
+            return
+        recorded = {}
+        async for mail in self._box.fetch([m.uid for m in self.messages], {FetchItem.POP3_UIDL}):
+            if mail.pop3_uidl:
+                if valid_uidl(mail.pop3_uidl):
+                    recorded[mail.info.uid] = mail.pop3_uidl
+                else:
+                    log.warn("UID {uid}: recorded POP3 UIDL {value!r} is not valid; using {fmt}",
+                             uid=mail.info.uid, value=mail.pop3_uidl[:80], fmt=self.uidl_format, **self.event())
+        uidvalidity = self._box.uidvalidity
+        for m in self.messages:
+            m.uidl = recorded.get(m.uid) or uidl(self.uidl_format, m.uid, uidvalidity, m.guid)
+        self._uidls_ready = True
 
     def trans_DELE(self, arg: str):
         found = self._message(arg)
@@ -333,7 +411,7 @@ class POP3Server(LineServerProtocol):
             return
         if fetched[0].missing or fetched[0].data is None:
             log.error("UID {uid}: message body could not be read", uid=msg.uid, **self.event())
-            self.send("-ERR [SYS/TEMP] Message could not be read.")
+            self.send("-ERR [SYS/PERM] Message could not be read.")
             return
         data = fetched[0].data
         if lines is None:
@@ -370,16 +448,47 @@ class POP3Server(LineServerProtocol):
         self.close()
 
     async def _update(self) -> None:
-        """The UPDATE state: \\Seen on retrieved messages, \\Deleted on and expunge of deleted ones."""
+        """The UPDATE state: \\Seen on retrieved messages, then what ``delete_mode`` does to
+        deleted ones."""
         box = self._box
-        seen = [m.uid for m in self.messages if m.retrieved and not m.seen and not m.deleted]
+        mode = self.delete_mode
+        seen = [] if self.no_flag_updates else [
+            m.uid for m in self.messages if m.retrieved and not m.seen and (mode != "expunge" or not m.deleted)]
+        deleted = [m.uid for m in self.messages if m.deleted]
+        if mode == "seen":
+            seen = sorted(set(seen) | {m.uid for m in self.messages if m.deleted and not m.seen})
         if seen:
             await box.store(seen, StoreMode.ADD, [SEEN])
-        deleted = [m.uid for m in self.messages if m.deleted]
-        if deleted:
+        if not deleted:
+            return
+        if mode == "expunge":
             await box.store(deleted, StoreMode.ADD, [DELETED])
             expunged = await box.expunge(deleted)
             log.info("expunged {n} messages at QUIT", n=len(expunged), **self.event())
+        elif mode == "move":
+            moved = await self._move_deleted(deleted)
+            log.info("moved {n} deleted messages to {mailbox} at QUIT", n=moved, mailbox=self.delete_mailbox,
+                     **self.event())
+        elif mode == "hide":
+            await box.store(deleted, StoreMode.ADD, [self.deleted_keyword])
+            log.info("hid {n} deleted messages from POP3 with {keyword}", n=len(deleted),
+                     keyword=self.deleted_keyword, **self.event())
+        else:
+            log.info("kept {n} deleted messages (marked \\Seen)", n=len(deleted), **self.event())
+
+    async def _move_deleted(self, uids: list[int]) -> int:
+        try:
+            result = await self._box.move(uids, self.delete_mailbox)
+        except StorageError as e:
+            if e.kind is not ErrorKind.NOT_FOUND:
+                raise
+            try:
+                await self._storage_user.create_mailbox(self.delete_mailbox)
+            except StorageError as e2:
+                if e2.kind is not ErrorKind.EXISTS:
+                    raise
+            result = await self._box.move(uids, self.delete_mailbox)
+        return len(result.pairs)
 
     async def _release(self) -> None:
         """Leave the session: close the mailbox and the user, unlock.  Safe to call twice."""
@@ -389,18 +498,16 @@ class POP3Server(LineServerProtocol):
         await self._close_storage()
 
     async def _close_storage(self) -> None:
-        box, user, self._box, self._storage_user = self._box, self._storage_user, None, None
-        try:
-            if box is not None:
-                await box.close()
-            if user is not None:
-                await user.close()
-        except StorageError as e:
-            log.warn("closing storage: {detail}", detail=e.detail, **self.event())
-        finally:
-            if self._locked:
-                _locked_users.discard(self._locked)
-                self._locked = ""
+        box, lock, user = self._box, self._lock, self._storage_user
+        self._box = self._lock = self._storage_user = None
+        for what, step in (("mailbox", box and box.close), ("POP3 lock", lock and lock.release),
+                           ("user", user and user.close)):
+            if step is None:
+                continue
+            try:
+                await step()
+            except StorageError as e:
+                log.warn("closing the {what}: {detail}", what=what, detail=e.detail, **self.event())
 
     def _storage_error(self, e: StorageError, doing: str) -> str:
         """Log a storage failure; the RFC 3206 response code to answer it with."""
@@ -428,3 +535,7 @@ class POP3Factory(LineServerFactory):
         proto.max_auth_failures = c.pop3.max_auth_failures
         proto.uidl_format = c.pop3.uidl_format
         proto.hostname = c.server.hostname
+        proto.delete_mode = c.pop3.delete_mode
+        proto.delete_mailbox = c.pop3.delete_mailbox
+        proto.deleted_keyword = c.pop3.deleted_keyword
+        proto.no_flag_updates = c.pop3.no_flag_updates

@@ -11,6 +11,8 @@ from __future__ import annotations
 import struct
 import zlib
 
+from twisted.internet import defer
+
 from mailserver.storage.index.records import FRAME, MAX_RECORD, frame
 
 ENVELOPE = 1
@@ -22,6 +24,9 @@ HEADERS = 6        # raw lines of the cached header fields
 HEADER_NAMES = 7   # lowercased names covered by HEADERS, comma-separated
 PREVIEW = 8        # RFC 8970 preview text, UTF-8
 FIELDS = (ENVELOPE, BODYSTRUCTURE, BODY, PARTS, HEADER_SIZE, HEADERS, HEADER_NAMES, PREVIEW)
+# Not computed from the body, so not in FIELDS (an entry without it is complete): the POP3 UIDL from
+# the object's metadata (empty when none was recorded at migration), filled in when first asked for.
+POP3_UIDL = 9
 
 _FIELD = struct.Struct("<BI")
 
@@ -97,6 +102,12 @@ class CacheEntry:
             self._fields = decode_fields(self._payload, self._pos)
         return self._fields.get(fid)
 
+    def complete(self) -> bool:
+        """Every field of ``FIELDS`` is there (older entries may lack newer fields)."""
+        if self._fields is None:
+            self._fields = decode_fields(self._payload, self._pos)
+        return len(self._fields) >= len(FIELDS) and all(f in self._fields for f in FIELDS)
+
 
 class MessageCache:
     """In-memory view of one mailbox's cache file, read incrementally."""
@@ -107,6 +118,7 @@ class MessageCache:
         self.entries: dict[str, CacheEntry] = {}
         self.offset = 0
         self.loaded = False
+        self._loading = defer.DeferredLock()
 
     async def load_more(self) -> None:
         """Read entries appended since the last call (by this or another process)."""
@@ -122,15 +134,29 @@ class MessageCache:
     async def get(self, oid: str) -> CacheEntry | None:
         entry = self.entries.get(oid)
         if entry is None:
-            await self.load_more()
-            entry = self.entries.get(oid)
+            # FETCH asks for many entries at once: one read of the file serves them all, instead
+            # of every waiting request reading (and scanning) the whole file again.
+            await self._loading.acquire()
+            try:
+                entry = self.entries.get(oid)
+                if entry is None:
+                    await self.load_more()
+                    entry = self.entries.get(oid)
+            finally:
+                self._loading.release()
         return entry
 
     async def add(self, oid: str, fields: dict[int, bytes]) -> None:
         """Append an entry (not synced: the cache can always be recomputed)."""
+        path, raw = self.remember(oid, fields)
+        await self.store.append(path, raw)
+
+    def remember(self, oid: str, fields: dict[int, bytes]) -> tuple[str, bytes]:
+        """Keep an entry in memory; the ``(path, frame)`` the caller appends to the store (the
+        save path hands it to the index commit, so it costs no round trip of its own)."""
         raw = encode_entry(oid, fields)
         self.entries[oid] = CacheEntry(raw[8:], 1 + len(oid))
-        await self.store.append(self.path, raw)
+        return self.path, raw
 
     def forget(self) -> None:
         """Drop memory (the file stays)."""

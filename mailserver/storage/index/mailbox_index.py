@@ -161,26 +161,29 @@ class MailboxIndex:
         return changed
 
     # --- writing ------------------------------------------------------------------------------
-    async def commit(self, build):
+    async def commit(self, build, also_append=()):
         """Append records built by ``build(state) -> (records, result) | None`` durably and apply
-        them.  ``build`` is called again if another process wrote first.  Returns ``result``."""
+        them.  ``build`` is called again if another process wrote first.  Returns ``result``.
+        ``also_append``: ``(path, data)`` writes of this mailbox's cache, done with the first
+        attempt's log write."""
         await self._lock.acquire()
         try:
             cut = None
+            riders = list(also_append)
             for _ in range(1000):
                 planned = build(self.state)
-                if planned is None:
-                    return None
-                recs, result = planned
+                recs, result = planned if planned is not None else ((), None)
                 if not recs:
+                    for other, chunk in riders:     # nothing to write to the log: the riders alone
+                        await self.store.append(other, chunk)
                     return result
                 data = b"".join(encode(r) for r in recs)
                 path = self.log_path()
                 offset = self.state.log_offset
-                ok, tail = await self.store.append_at(path, offset, data, lock=self.lock_path,
-                                                      cut_tail_at_size=cut)
+                ok, tail = await self.store.append_at_durable(path, offset, data, lock=self.lock_path,
+                                                              cut_tail_at_size=cut, also_append=riders)
+                riders = []
                 if ok:
-                    await self.store.sync([path])
                     for r in recs:
                         self.state.apply(r)
                     self.state.log_offset = offset + len(data)

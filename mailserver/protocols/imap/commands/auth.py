@@ -14,6 +14,7 @@ from ..response import CRLF
 from . import AUTH, NOT_AUTH, Done, State, Sync, command
 
 SERVICE = "imap"
+PLAINTEXT_REFUSED = "Plaintext authentication disallowed on non-secure (SSL/TLS) connections"
 
 
 @command("LOGIN", NOT_AUTH, sync=Sync.NONE)
@@ -21,6 +22,8 @@ async def login(session, tag: str, args: Args):
     user = args.astring("user name")
     password = args.astring("password")
     args.end()
+    if not session.plaintext_ok:
+        raise no(PLAINTEXT_REFUSED, "PRIVACYREQUIRED")
     try:
         username, secret = user.decode("utf-8"), password.decode("utf-8")
     except UnicodeDecodeError:
@@ -37,8 +40,12 @@ async def authenticate(session, tag: str, args: Args):
     if args.more():
         initial = _decode(args.astring("initial response"), initial=True)
     args.end()
-    mech = sasl.start(mech_name, session.ctx.auth, service=SERVICE, peer=session.peer)
+    plaintext_ok = session.plaintext_ok
+    mech = sasl.start(mech_name, session.ctx.auth, service=SERVICE, peer=session.peer,
+                      plaintext_ok=plaintext_ok)
     if mech is None:
+        if not plaintext_ok and mech_name.upper() in sasl.PLAINTEXT:
+            raise no(PLAINTEXT_REFUSED, "PRIVACYREQUIRED")
         raise no("Unsupported authentication mechanism", "CANNOT")
     response = initial
     while True:

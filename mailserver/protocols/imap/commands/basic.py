@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from ..errors import bad, no
+from ..extensions import ENABLEABLE
 from ..parser import Args, Atom
 from ..response import CRLF, nstring, string
 from . import ANY, AUTH, SELECTED, Done, Sync, command
@@ -64,17 +65,27 @@ async def id_(session, tag: str, args: Args):
 
 @command("ENABLE", AUTH, sync=Sync.NONE)
 async def enable(session, tag: str, args: Args):
-    """RFC 5161.  UTF8=ACCEPT (RFC 6855) sets ``session.utf8``: mailbox names in UTF-8 both
-    ways, UTF8 (~{n}) in APPEND.  Unknown capabilities are ignored, as the RFC says."""
+    """RFC 5161: switch on what ``extensions.ENABLEABLE`` knows, and UTF8=ACCEPT (RFC 6855),
+    which sets ``session.utf8``: mailbox names in UTF-8 both ways, UTF8 (~{n}) in APPEND.
+    ``* ENABLED`` lists what this command switched on; unknown names are ignored (RFC 5161)."""
     if not args.more():
         raise bad("Missing capability")
-    enabled = []
+    done = []
     while args.more():
-        name = args.atom("capability").upper()
-        if name == "UTF8=ACCEPT" and not session.utf8:
-            session.utf8 = True
-            enabled.append(name)
-    session.writer.untagged(" ".join(["ENABLED"] + enabled))
+        name = args.atom("capability")
+        key = name.upper()
+        if key == "UTF8=ACCEPT":
+            if not session.utf8 or key not in session.enabled:
+                session.utf8 = True
+                session.enabled.add(key)
+                done.append(key)
+            continue
+        switch = ENABLEABLE.get(key)
+        if switch is not None and key not in session.enabled and name not in done:
+            switch(session)
+            session.enabled.add(key)
+            done.append(name)
+    session.writer.untagged(" ".join(["ENABLED"] + done))
 
 
 @command("NAMESPACE", AUTH, sync=Sync.NONE)

@@ -1,19 +1,21 @@
-"""Mailbox commands: SELECT, EXAMINE, CREATE, DELETE, RENAME, SUBSCRIBE, UNSUBSCRIBE, LIST,
-LSUB, STATUS."""
+"""Mailbox commands: SELECT, EXAMINE, CREATE, DELETE, RENAME, SUBSCRIBE, UNSUBSCRIBE, STATUS
+(LIST and LSUB are in ``listing.py``)."""
 
 from __future__ import annotations
 
-from mailserver.storage.api import SYSTEM_FLAGS
+from mailserver.storage.api import SPECIAL_USES, SYSTEM_FLAGS
 from mailserver.storage.errors import ErrorKind, StorageError
 
 from .. import names
-from ..errors import bad, storage_answer
+from ..errors import bad, no, storage_answer
 from ..parser import Args
 from ..response import CRLF, flag_list
+from ..condstore import parse_select_params, resync_select
+from ..extensions import enable_condstore
 from ..selected import Selected
 from . import AUTH, Done, State, Sync, command
 
-STATUS_ITEMS = ("MESSAGES", "RECENT", "UIDNEXT", "UIDVALIDITY", "UNSEEN", "SIZE", "DELETED")
+STATUS_ITEMS = ("MESSAGES", "RECENT", "UIDNEXT", "UIDVALIDITY", "UNSEEN", "SIZE", "DELETED", "HIGHESTMODSEQ")
 STATUS_ITEMS += ("MAILBOXID", "APPENDLIMIT")     # RFC 8474, RFC 7889
 
 
@@ -34,15 +36,22 @@ async def examine(session, tag: str, args: Args):
 
 
 async def _select(session, args: Args, readonly: bool):
-    name = mailbox_arg(session, args)
-    args.end()
-    # A failed SELECT leaves no mailbox selected (RFC 3501 6.3.1).
-    await session.unselect()
+    raw_name = args.astring("mailbox name")
+    name = names.mailbox(raw_name, session.utf8)
+    params = parse_select_params(session, args)
+    # A failed SELECT leaves no mailbox selected (RFC 3501 6.3.1); leaving one is said with
+    # [CLOSED] (RFC 7162 3.2.11, RFC 9051 7.1).
+    if session.selected is not None:
+        await session.unselect()
+        session.writer.write(b"* OK [CLOSED] Previous mailbox closed\r\n")
     try:
         mailbox = await session.user.open_mailbox(name, readonly=readonly)
     except StorageError as e:
         raise storage_answer(e, texts={ErrorKind.NOT_FOUND: "Mailbox does not exist"}) from e
-    selected = Selected(mailbox, readonly or bool(getattr(mailbox, "readonly", False)), session.wake)
+    if params.condstore or params.qresync:
+        enable_condstore(session)
+    selected = Selected(mailbox, readonly or bool(getattr(mailbox, "readonly", False)), session.wake,
+                        session.enabled)
     session.selected = selected
     session.state = State.SELECTED
     keywords, first_unseen = selected.scan()
@@ -54,12 +63,21 @@ async def _select(session, args: Args, readonly: bool):
         w.write(b"* OK [PERMANENTFLAGS ()] Read-only mailbox" + CRLF)
     else:
         w.write(b"* OK [PERMANENTFLAGS " + flags[:-1] + b" \\*)] Flags permitted" + CRLF)
-    w.write(b"* %d EXISTS\r\n* %d RECENT\r\n" % (len(uids), selected.recent))
-    if first_unseen:
-        w.write(b"* OK [UNSEEN %d] First unseen message\r\n" % first_unseen)
+    if selected.rev2:
+        # IMAP4rev2: no RECENT and no UNSEEN; the mailbox's name as the server spells it.
+        w.write(b"* %d EXISTS\r\n" % len(uids))
+        w.write(b'* LIST () "/" ' + names.encode(mailbox.name, session.utf8) + CRLF)
+    else:
+        w.write(b"* %d EXISTS\r\n* %d RECENT\r\n" % (len(uids), selected.recent))
+        if first_unseen:
+            w.write(b"* OK [UNSEEN %d] First unseen message\r\n" % first_unseen)
     w.write(b"* OK [UIDVALIDITY %d] UIDs valid\r\n" % mailbox.uidvalidity)
     w.write(b"* OK [UIDNEXT %d] Predicted next UID\r\n" % mailbox.uidnext)
     w.write(b"* OK [MAILBOXID (%s)] Ok\r\n" % mailbox.guid.encode("ascii"))
+    if selected.condstore:
+        w.write(b"* OK [HIGHESTMODSEQ %d] Highest\r\n" % selected.highestmodseq)
+    if params.qresync is not None:
+        await resync_select(session, selected, params.qresync)
     session.debug("selected {mailbox}", mailbox=name)
     if selected.readonly:
         return Done("Examine completed", "READ-ONLY")
@@ -70,11 +88,20 @@ async def _select(session, args: Args, readonly: bool):
 
 @command("CREATE", AUTH)
 async def create(session, tag: str, args: Args):
+    """CREATE, with CREATE-SPECIAL-USE (RFC 6154 3): ``CREATE name (USE (\\Archive))``."""
+    from .listing import use_list
     name = mailbox_arg(session, args, trailing_separator=True)
+    uses = use_list(args)
     args.end()
     if name == names.INBOX:
         raise storage_answer(StorageError(ErrorKind.EXISTS), texts={ErrorKind.EXISTS: "INBOX always exists"})
-    info = await session.user.create_mailbox(name)
+    canonical = []
+    for use in uses:
+        match = [u for u in SPECIAL_USES if u.lower() == use.lower()]
+        if not match:
+            raise no("Unsupported special-use attribute", "USEATTR")
+        canonical.append(match[0])
+    info = await session.user.create_mailbox(name, canonical)
     return Done("CREATE completed", f"MAILBOXID ({info.guid})")
 
 
@@ -118,74 +145,15 @@ async def unsubscribe(session, tag: str, args: Args):
     return "UNSUBSCRIBE completed"
 
 
-def _list_args(session, args: Args) -> tuple[str, str]:
-    reference = names.decode(args.astring("reference name"), session.utf8)
-    pattern = names.decode(args.astring("mailbox pattern"), session.utf8)
-    args.end()
-    return reference, pattern
-
-
-@command("LIST", AUTH)
-async def list_(session, tag: str, args: Args):
-    """RFC 3501 LIST with CHILDREN (RFC 3348) and SPECIAL-USE (RFC 6154) attributes; a missing
-    parent of listed mailboxes shows as ``\\Noselect``."""
-    if isinstance(args.peek(), list):
-        raise bad("LIST selection options are not supported")
-    reference, pattern = _list_args(session, args)
-    w = session.writer
-    if pattern == "":
-        # The hierarchy delimiter and the root of the reference (RFC 3501 6.3.8).
-        root = reference.split("/", 1)[0] + "/" if "/" in reference else ""
-        w.write(b'* LIST (\\Noselect) "/" ' + names.encode(root, session.utf8) + CRLF)
-        return "LIST completed"
-    infos = await session.user.list_mailboxes()
-    by_name = {info.name: info for info in infos}
-    existing, implied = names.with_parents(by_name)
-    parents = names.parents_with_children(existing)
-    regex = names.pattern_regex(reference, pattern)
-    out = []
-    for name in _ordered(existing | implied):
-        if not regex.match(name):
-            continue
-        attrs = []
-        if name in implied:
-            attrs.append("\\Noselect")
-        attrs.append("\\HasChildren" if name in parents else "\\HasNoChildren")
-        info = by_name.get(name)
-        if info is not None:
-            attrs.extend(sorted(info.special_use))
-        out.append(b"* LIST (" + " ".join(attrs).encode() + b') "/" ' + names.encode(name, session.utf8) + CRLF)
-    w.write(b"".join(out))
-    return "LIST completed"
-
-
-@command("LSUB", AUTH)
-async def lsub(session, tag: str, args: Args):
-    reference, pattern = _list_args(session, args)
-    subscribed = set(await session.user.subscriptions())
-    regex = names.pattern_regex(reference, pattern)
-    _, implied = names.with_parents(subscribed)
-    out = []
-    for name in _ordered(subscribed | implied):
-        if not regex.match(name):
-            continue
-        if name in implied:
-            # RFC 3501 6.3.9: a parent shown only because a child is subscribed is \Noselect.
-            if "%" not in pattern:
-                continue
-            attrs = b"(\\Noselect)"
-        else:
-            attrs = b"()"
-        out.append(b"* LSUB " + attrs + b' "/" ' + names.encode(name, session.utf8) + CRLF)
-    session.writer.write(b"".join(out))
-    return "LSUB completed"
-
-
-def _ordered(mailbox_names) -> list:
-    return sorted(mailbox_names, key=lambda n: (n != names.INBOX, n))
-
-
 # --- STATUS -----------------------------------------------------------------------------------
+
+def status_values(st, session) -> dict:
+    """STATUS item name -> value of a ``MailboxStatus``."""
+    return {"MESSAGES": st.messages, "RECENT": st.recent, "UIDNEXT": st.uidnext,
+            "UIDVALIDITY": st.uidvalidity, "UNSEEN": st.unseen, "SIZE": st.size, "DELETED": st.deleted,
+            "HIGHESTMODSEQ": st.highestmodseq, "MAILBOXID": f"({st.guid})",
+            "APPENDLIMIT": session.config.max_literal_size}
+
 
 @command("STATUS", AUTH)
 async def status(session, tag: str, args: Args):
@@ -200,10 +168,10 @@ async def status(session, tag: str, args: Args):
         wanted.append(item)
     if not wanted:
         raise bad("Empty STATUS item list")
+    if "HIGHESTMODSEQ" in wanted:
+        enable_condstore(session)
     st = await session.user.status(name)
-    values = {"MESSAGES": st.messages, "RECENT": st.recent, "UIDNEXT": st.uidnext,
-              "UIDVALIDITY": st.uidvalidity, "UNSEEN": st.unseen, "SIZE": st.size, "DELETED": st.deleted}
-    values.update(MAILBOXID=f"({st.guid})", APPENDLIMIT=session.config.max_literal_size)
+    values = status_values(st, session)
     body = " ".join(f"{item} {values[item]}" for item in wanted)
     session.writer.write(b"* STATUS " + names.encode(name, session.utf8) + b" (" + body.encode() + b")" + CRLF)
     return "STATUS completed"

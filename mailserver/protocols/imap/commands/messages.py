@@ -1,5 +1,6 @@
-"""Selected-state commands: STORE, COPY, MOVE, EXPUNGE, CLOSE, UNSELECT, SEARCH (FETCH is in
-``fetch.py``, APPEND and REPLACE in ``append.py``); flag and date-time parsing they share."""
+"""Selected-state commands: STORE, COPY, MOVE, EXPUNGE, CLOSE, UNSELECT (FETCH is in
+``fetch.py``, SEARCH, SORT and THREAD in ``searching.py``, APPEND and REPLACE in ``append.py``);
+flag and date-time parsing they share."""
 
 from __future__ import annotations
 
@@ -7,13 +8,14 @@ import calendar
 import datetime
 import re
 
-from mailserver.storage.api import SYSTEM_FLAGS, StoreMode
+from mailserver.storage.api import SYSTEM_FLAGS, Changes, StoreMode
 from mailserver.storage.errors import StorageError
 
 from .. import names
+from ..condstore import parse_store_modifiers
 from ..errors import bad, no, storage_answer
+from ..extensions import qresync
 from ..parser import Args, Atom
-from ..search import parse_search
 from ..seqset import InvalidSequenceSet, OutOfRange, SequenceSet, format_uids
 from . import SELECTED, Done, Sync, command
 
@@ -52,9 +54,7 @@ def resolve(session, args: Args, uid: bool) -> list[int]:
     """The UIDs a sequence-set argument names in the selected mailbox."""
     try:
         seqset = SequenceSet.parse(args.atom("sequence set"))
-        if seqset.saved:
-            raise InvalidSequenceSet("$ needs SEARCHRES, which is not supported")
-        return seqset.resolve(session.selected.uids(), uid)
+        return seqset.resolve(session.selected.uids(), uid, session.selected.saved)
     except (InvalidSequenceSet, OutOfRange) as e:
         raise bad(str(e)) from None
 
@@ -69,8 +69,7 @@ def _writable(session) -> None:
 @command("STORE", SELECTED, sync=Sync.NO_EXPUNGE, uid=True)
 async def store(session, tag: str, args: Args, uid: bool = False):
     uids = resolve(session, args, uid)
-    if isinstance(args.peek(), list):
-        raise bad("STORE modifiers are not supported")
+    unchanged_since = parse_store_modifiers(session, args)
     item = args.keyword("store data item")
     silent = item.endswith(".SILENT")
     mode = _STORE_MODES.get(item[:-7] if silent else item)
@@ -87,16 +86,28 @@ async def store(session, tag: str, args: Args, uid: bool = False):
     if not uids:
         return None
     selected = session.selected
-    result = await selected.mailbox.store(uids, mode, flags)
-    if not silent:
-        infos = sorted(list(result.changed) + list(result.unchanged), key=lambda i: i.uid)
+    result = await selected.mailbox.store(uids, mode, flags, unchanged_since=unchanged_since)
+    condstore = selected.condstore
+    # RFC 7162 3.1.3: with CONDSTORE on, changed messages are reported with their new MODSEQ
+    # even after .SILENT.
+    infos = result.changed if silent else list(result.changed) + list(result.unchanged)
+    if infos and (condstore or not silent):
         out = []
-        for info in infos:
+        for info in sorted(infos, key=lambda i: i.uid):
             msn = selected.msn(info.uid)
             if msn:
-                uid_part = b"UID %d " % info.uid if uid else b""
-                out.append(b"* %d FETCH (%sFLAGS %s)\r\n" % (msn, uid_part, selected.flags(info)))
+                items = [b"UID %d" % info.uid] if uid else []
+                if not silent:
+                    items.append(b"FLAGS " + selected.flags(info))
+                if condstore:
+                    items.append(b"MODSEQ (%d)" % info.modseq)
+                out.append(b"* %d FETCH (%s)\r\n" % (msn, b" ".join(items)))
         session.writer.write(b"".join(out))
+    if result.changed and selected.contexts:
+        await selected.update_contexts(Changes(), session.writer, own_flags=result.changed)
+    if result.failed:
+        failed = result.failed if uid else sorted(n for n in map(selected.msn, result.failed) if n)
+        return Done("Conditional STORE failed", "MODIFIED " + format_uids(sorted(failed)))
     return None
 
 
@@ -157,6 +168,9 @@ async def expunge(session, tag: str, args: Args, uid: bool = False):
     if uids is None or uids:
         await selected.mailbox.expunge(uids)
     await selected.sync(session.writer, expunges=True, force=True)
+    if qresync(session):
+        # RFC 7162 3.2.10 (Dovecot too): the client can store the new HIGHESTMODSEQ at once.
+        return Done("EXPUNGE completed", f"HIGHESTMODSEQ {selected.highestmodseq}")
     return "EXPUNGE completed"
 
 
@@ -176,25 +190,6 @@ async def unselect(session, tag: str, args: Args):
     args.end()
     await session.unselect()
     return "UNSELECT completed"
-
-
-# --- SEARCH -----------------------------------------------------------------------------------
-
-@command("SEARCH", SELECTED, sync=Sync.NO_EXPUNGE, uid=True)
-async def search(session, tag: str, args: Args, uid: bool = False):
-    if args.peek_atom() == "RETURN":
-        raise bad("SEARCH RETURN is not supported")
-    if session.utf8 and args.peek_atom() == "CHARSET":
-        raise bad("No CHARSET after ENABLE UTF8=ACCEPT: search strings are UTF-8")  # RFC 6855 section 3
-    selected = session.selected
-    program = parse_search(args, selected.uids(), max_keys=session.config.max_search_keys)
-    found = await selected.mailbox.search(program)
-    if uid:
-        numbers = found
-    else:
-        numbers = [n for n in (selected.msn(u) for u in found) if n]
-    session.writer.write(b"* SEARCH" + b"".join(b" %d" % n for n in numbers) + b"\r\n")
-    return "SEARCH completed"
 
 
 # APPEND (and REPLACE) live in ``append.py``; they share ``parse_flags`` and ``_date_time``.
