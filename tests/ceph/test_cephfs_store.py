@@ -267,7 +267,7 @@ async def test_stopped_osd_gives_temporary_then_recovers(ceph_cluster, make_ceph
         await store.append("u/log", b"during\n")           # buffered in the client: fine
         t = time.monotonic()
         await expect_error(ErrorKind.TEMPORARY, store.sync(["u/log"]))
-        assert time.monotonic() - t < 1.5 + 1.0
+        assert time.monotonic() - t < 1.5 + 3.0   # deadline plus slack for a loaded machine
     finally:
         ceph_cluster.signal_daemon("osd.0", signal.SIGCONT)
     await store.sync(["u/log"])
