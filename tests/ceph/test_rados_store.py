@@ -332,7 +332,7 @@ async def test_stopped_osd_gives_temporary_within_deadline_then_recovers(ceph_cl
                whole.list(ns), whole.list_states(ns), raw_listing(whole, ns)]
         await defer.gatherResults([defer.Deferred.fromCoroutine(expect_error(ErrorKind.TEMPORARY, op))
                                    for op in ops])
-        assert time.monotonic() - t < 2.0 + 1.0        # deadlines plus the 0.25 s sweep, with slack
+        assert time.monotonic() - t < 2.0 + 3.0        # deadlines plus the 0.25 s sweep, with slack for load
     finally:
         ceph_cluster.signal_daemon("osd.0", signal.SIGCONT)
     assert await store.get(ns, "before") == BODY
