@@ -13,18 +13,12 @@ import time
 import pytest
 
 from tests.ceph.test_rados_store import _dead_cluster_conf
-from tests.harness import RunningServer
+from tests.harness import RunningServer, ceph_config
 
 pytestmark = pytest.mark.ceph
 
 MAIL = (b"From: a@example.org\r\nTo: b@example.org\r\nSubject: stored in Ceph\r\n"
         b"Message-ID: <ceph-1@example.org>\r\n\r\nThe body.\r\n")
-
-
-def ceph_config(conf: str, tag: str) -> str:
-    return (f'[rbox]\nobject_store = "rados"\nindex_store = "cephfs"\n\n'
-            f'[rados]\nceph_conf = "{conf}"\npool = "servertest"\nop_timeout = 3.0\n\n'
-            f'[cephfs]\nceph_conf = "{conf}"\nroot = "/server-{tag}"\nop_timeout = 3.0\n')
 
 
 def test_serve_refuses_to_start_without_ceph(tmp_path):
