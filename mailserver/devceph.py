@@ -33,6 +33,7 @@ CONF_NAME = "ceph.conf"
 FS_NAME = "cephfs"
 FS_METADATA_POOL = "cephfs_metadata"
 FS_DATA_POOL = "cephfs_data"
+SESSION_TIMEOUT = 30   # seconds before the MDS declares a silent client stale (Ceph's minimum)
 PROBE_POOL = "devceph"          # small pool the start-up probe writes to; free for scratch use
 DAEMONS = ("mon.a", "osd.0", "mds.a", "mgr.x")
 BINARIES = {"mon": "ceph-mon", "osd": "ceph-osd", "mds": "ceph-mds", "mgr": "ceph-mgr"}
@@ -363,6 +364,10 @@ log file = /dev/null
                                 "app": "rados"})
             self._mon(cluster, {"prefix": "fs new", "fs_name": FS_NAME, "metadata": FS_METADATA_POOL,
                                 "data": FS_DATA_POOL})
+            # A client killed without unmounting holds its flocks until the MDS times its session
+            # out (60 s by default): crash tests restart servers, so keep that short here.
+            self._mon(cluster, {"prefix": "fs set", "fs_name": FS_NAME, "var": "session_timeout",
+                                "val": str(SESSION_TIMEOUT)})
             self._start_daemon("mds.a")
             self._wait_writable(cluster, deadline)
             self._log(f"pool writable after {time.monotonic() - t0:.1f} s")

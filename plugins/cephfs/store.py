@@ -323,6 +323,24 @@ class CephFSIndexStore(IndexStore):
             await task.deferLater(self._reactor, min(delay, deadline - now), lambda: None)
             delay = min(delay * 2, LOCK_POLL_MAX)
 
+    async def try_lock(self, path: str) -> IndexLock | None:
+        """The lock if it is free now, None if another holder (here or elsewhere) has it.  A
+        backend that does not answer is TEMPORARY, not "busy" (POP3 says [SYS/TEMP], not [IN-USE])."""
+        abs_path = self._abs(path) + LOCK_SUFFIX
+        if abs_path in self._local_locks:
+            return None
+        self._local_locks[abs_path] = []
+        try:
+            owner = next(self._owners)
+            fd = await self._job(f"cephfs lock {path}", _try_flock, abs_path, owner)
+        except BaseException:
+            self._hand_over(abs_path)
+            raise
+        if fd is None:
+            self._hand_over(abs_path)
+            return None
+        return CephFSLock(self, path, abs_path, fd, owner)
+
     def _hand_over(self, abs_path: str) -> None:
         """Give the local lock to the next waiter in this process, or free it."""
         waiters = self._local_locks.get(abs_path)
