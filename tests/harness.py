@@ -16,6 +16,13 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def ceph_config(conf: str, tag: str, pool: str = "servertest") -> str:
+    """Extra configuration putting mail in RADOS and the index in CephFS (a root of its own)."""
+    return (f'[rbox]\nobject_store = "rados"\nindex_store = "cephfs"\n\n'
+            f'[rados]\nceph_conf = "{conf}"\npool = "{pool}"\nop_timeout = 5.0\n\n'
+            f'[cephfs]\nceph_conf = "{conf}"\nroot = "/server-{tag}"\nop_timeout = 5.0\n')
+
+
 class RunningServer:
     """A server process with its own state directory and passwd-file."""
 

@@ -22,6 +22,7 @@ from twisted.python.failure import Failure
 from mailserver import threads
 from mailserver.storage.drivers import IndexLock, IndexStore
 from mailserver.storage.errors import ErrorKind, StorageError
+from plugins.local.common import run_io, start_pool
 from mailserver.storage.locks import KeyedLocks
 from mailserver.storage.paths import check_relative
 
@@ -78,24 +79,13 @@ class LocalIndexStore(IndexStore):
         return cls(config.rbox.index_path, config.server.io_threads)
 
     async def start(self) -> None:
-        threads.pool(POOL, self._threads)
-        try:
-            await threads.call(POOL, os.makedirs, self.root, 0o700, True)
-        except OSError as e:
-            raise StorageError(ErrorKind.TEMPORARY, f"cannot create index directory {self.root}: {e}") from None
+        await start_pool(POOL, self._threads, self.root, "index")
 
     def _abs(self, path: str) -> str:
         return os.path.join(self.root, check_relative(path))
 
     async def _run(self, fn, *args):
-        try:
-            return await threads.call(POOL, fn, *args)
-        except StorageError:
-            raise
-        except OSError as e:
-            raise StorageError(ErrorKind.TEMPORARY, f"index I/O on {e.filename or self.root}: {e.strerror}") from None
-        except threads.PoolStopped as e:
-            raise StorageError(ErrorKind.TEMPORARY, f"index store: {e}") from None
+        return await run_io(POOL, "index store", fn, *args)
 
     # --- reading ------------------------------------------------------------------------------
     @staticmethod

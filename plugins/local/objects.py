@@ -14,9 +14,9 @@ import os
 import struct
 import time
 
-from mailserver import threads
 from mailserver.storage.drivers import ObjectStore
 from mailserver.storage.errors import ErrorKind, StorageError
+from plugins.local.common import run_io, start_pool
 from mailserver.storage.paths import safe_component, unsafe_component
 
 POOL = "local-objects"
@@ -85,11 +85,7 @@ class LocalObjectStore(ObjectStore):
         return self._max
 
     async def start(self) -> None:
-        threads.pool(POOL, self._threads)
-        try:
-            await threads.call(POOL, os.makedirs, self.root, 0o700, True)
-        except OSError as e:
-            raise StorageError(ErrorKind.TEMPORARY, f"cannot create object directory {self.root}: {e}") from None
+        await start_pool(POOL, self._threads, self.root, "object")
 
     def namespace(self, username: str) -> str:
         return username + self.suffix
@@ -105,16 +101,7 @@ class LocalObjectStore(ObjectStore):
         return f"{base}{oid[:2]}/{oid}"
 
     async def _run(self, fn, *args):
-        try:
-            return await threads.call(POOL, fn, *args)
-        except StorageError:
-            raise
-        except FileNotFoundError as e:
-            raise StorageError(ErrorKind.NOT_FOUND, f"object {e.filename} missing") from None
-        except OSError as e:
-            raise StorageError(ErrorKind.TEMPORARY, f"object I/O on {e.filename}: {e.strerror}") from None
-        except threads.PoolStopped as e:
-            raise StorageError(ErrorKind.TEMPORARY, f"object store: {e}") from None
+        return await run_io(POOL, "object store", fn, *args, missing=ErrorKind.NOT_FOUND)
 
     # --- write --------------------------------------------------------------------------------
     @staticmethod

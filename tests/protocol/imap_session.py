@@ -1,5 +1,5 @@
 """Byte-exact IMAP transcripts: the real protocol over a StringTransport, real rbox storage on the
-local drivers in a temporary directory, the reactor running (storage uses its thread pools)."""
+drivers of the test's backend (tests/backends.py), the reactor running (storage uses its thread pools)."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from mailserver import plugins
 from mailserver.auth import AuthResult, Authenticator, UserRecord
 from mailserver.context import ServerContext
 from mailserver.protocols.imap.server import IMAPServerFactory
+from tests import backends
 
 
 class DictAuthenticator(Authenticator):
@@ -41,9 +42,9 @@ class DictAuthenticator(Authenticator):
 
 async def make_context(tmp_path, imap: dict | None = None, users: dict | None = None,
                        storage: dict | None = None) -> ServerContext:
-    cfg = configmod.load(None, {"server": {"state_dir": str(tmp_path)}, "imap": imap or {},
-                                "storage": storage or {}})
-    storage = plugins.load(plugins.MAILBOX_FORMATS, "rbox").from_config(cfg, plugins)
+    cfg = configmod.load(None, backends.merged({"server": {"state_dir": str(tmp_path)}, "imap": imap or {},
+                                                 "storage": storage or {}}))
+    storage = backends.started(plugins.load(plugins.MAILBOX_FORMATS, "rbox").from_config(cfg, plugins))
     await storage.start()
     auth = DictAuthenticator(users or {"alice": "secret", "bob": "hunter2"})
     dictionary = plugins.load(plugins.DICTS, cfg.dict.driver).from_config(cfg)

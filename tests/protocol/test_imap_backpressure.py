@@ -8,6 +8,9 @@ from twisted.internet import defer, protocol, reactor, task
 
 from mailserver.protocols.imap.server import IMAPServerFactory
 from tests.protocol.imap_session import make_context
+import pytest
+
+pytestmark = pytest.mark.usefixtures("transcript_backend")   # runs on local and on Ceph
 
 BODY_LINE = b"x" * 998 + b"\r\n"
 MESSAGES = 60

@@ -10,6 +10,8 @@ from twisted.internet import defer
 
 from tests.protocol.imap_session import Wire, make_context
 
+pytestmark = pytest.mark.usefixtures("transcript_backend")   # runs on local and on Ceph
+
 BINARY_MAIL = (b"From: a@example.org\r\nSubject: binary\r\nMIME-Version: 1.0\r\n"
                b"Content-Type: multipart/mixed; boundary=B\r\n\r\n--B\r\n"
                b"Content-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\n"

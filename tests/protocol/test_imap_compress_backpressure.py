@@ -12,6 +12,9 @@ from twisted.internet import defer, protocol, reactor, task
 from mailserver.protocols.imap.server import IMAPServerFactory
 from tests.protocol.imap_session import make_context
 from tests.protocol.test_imap_backpressure import pending_bytes
+import pytest
+
+pytestmark = pytest.mark.usefixtures("transcript_backend")   # runs on local and on Ceph
 
 MESSAGES = 40
 

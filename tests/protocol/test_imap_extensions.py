@@ -13,6 +13,8 @@ from twisted.internet import defer
 
 from tests.protocol.imap_session import Wire, make_context, settle
 
+pytestmark = pytest.mark.usefixtures("transcript_backend")   # runs on local and on Ceph
+
 MAIL = b"From: a@example.org\r\nSubject: m%d\r\nDate: Mon, 23 Nov 2026 10:00:00 +0000\r\n\r\nBody %d\r\n"
 HTML = (b"From: a@example.org\r\nSubject: html\r\nContent-Type: text/html; charset=utf-8\r\n\r\n"
         b"<html><body><p>Gr\xc3\xbc\xc3\x9fe aus <b>K\xc3\xb6ln</b>,</p><p>bis bald</p></body></html>\r\n")

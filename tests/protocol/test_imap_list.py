@@ -8,6 +8,8 @@ from twisted.internet import defer
 from tests.protocol.imap_session import make_context
 from tests.protocol.test_imap_messages import mail, session_with
 
+pytestmark = pytest.mark.usefixtures("transcript_backend")   # runs on local and on Ceph
+
 
 @pytest.fixture
 def ctx(tmp_path):

@@ -8,6 +8,8 @@ from twisted.internet import defer
 from mailserver.storage.api import FetchItem
 from tests.protocol.imap_session import Wire, make_context, settle
 
+pytestmark = pytest.mark.usefixtures("transcript_backend")   # runs on local and on Ceph
+
 MAIL = (b"From: Alice <alice@example.org>\r\nTo: bob@example.org\r\nSubject: Hello %d\r\n"
         b"Date: Mon, 23 Nov 2026 10:00:00 +0000\r\nMessage-ID: <%d@example.org>\r\n\r\n"
         b"Body %d with a needle\r\n")

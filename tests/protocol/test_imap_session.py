@@ -10,6 +10,8 @@ from twisted.internet import defer
 
 from tests.protocol.imap_session import Wire, make_context, settle
 
+pytestmark = pytest.mark.usefixtures("transcript_backend")   # runs on local and on Ceph
+
 
 @pytest.fixture
 def ctx(tmp_path):

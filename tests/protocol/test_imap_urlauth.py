@@ -13,6 +13,8 @@ from mailserver.protocols.imap import urls
 from mailserver.protocols.imap.commands import urlauth
 from tests.protocol.imap_session import Wire, make_context
 
+pytestmark = pytest.mark.usefixtures("transcript_backend")   # runs on local and on Ceph
+
 USERS = {"joe": "joe-pw", "fred": "fred-pw", "submit": "submit-pw", "eve": "eve-pw"}
 
 # RFC 4467 section 9's message: part 1.2 is the text the examples fetch.

@@ -6,7 +6,7 @@ from twisted.internet import defer
 
 from mailserver import config as configmod
 from mailserver import plugins
-from mailserver.storage import api, search as S
+from mailserver.storage import search as S
 from mailserver.storage.api import FetchItem, StoreMode
 from mailserver.storage.errors import ErrorKind, StorageError
 

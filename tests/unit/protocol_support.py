@@ -12,6 +12,7 @@ from mailserver import plugins
 from mailserver.auth import schemes
 from mailserver.auth.service import build_authenticator
 from mailserver.context import ServerContext
+from tests import backends
 
 
 async def make_ctx(tmp_path, users: dict, **sections) -> ServerContext:
@@ -24,8 +25,8 @@ async def make_ctx(tmp_path, users: dict, **sections) -> ServerContext:
                           "plaintext_networks": ["127.0.0.0/8", "192.0.2.0/24"]}}
     for name, values in sections.items():
         overrides.setdefault(name, {}).update(values)
-    cfg = configmod.load(None, overrides)
-    storage = plugins.load(plugins.MAILBOX_FORMATS, cfg.storage.format).from_config(cfg, plugins)
+    cfg = configmod.load(None, backends.merged(overrides))
+    storage = backends.started(plugins.load(plugins.MAILBOX_FORMATS, cfg.storage.format).from_config(cfg, plugins))
     await storage.start()
     return ServerContext(config=cfg, storage=storage, auth=build_authenticator(cfg))
 

@@ -14,6 +14,8 @@ from mailserver.storage.api import FetchItem
 from mailserver.storage.errors import ErrorKind, StorageError
 from tests.unit.protocol_support import Conn, make_ctx
 
+pytestmark = pytest.mark.usefixtures("transcript_backend")   # runs on local and on Ceph
+
 USERS = {"alice@example.org": "a", "bob@example.org": "b", "carol": "c"}
 
 

@@ -15,6 +15,8 @@ from mailserver.storage.api import SEEN
 from mailserver.storage.errors import ErrorKind, StorageError
 from tests.unit.protocol_support import Conn, make_ctx
 
+pytestmark = pytest.mark.usefixtures("transcript_backend")   # runs on local and on Ceph
+
 USERS = {"alice": "apw", "bob": "bpw"}
 M1 = b"Subject: one\r\n\r\nfirst body\r\n.starts with dot\r\n"
 M2 = b"Subject: two\nX: y\n\nbare LF\nno final newline"

@@ -14,6 +14,9 @@ from mailserver.storage.api import DELETED, SEEN
 from mailserver.storage.errors import ErrorKind, StorageError
 from tests.unit.protocol_support import Conn, make_ctx
 from tests.unit.test_pop3 import unlocked
+import pytest
+
+pytestmark = pytest.mark.usefixtures("transcript_backend")   # runs on local and on Ceph
 
 USERS = {"alice": "apw", "jörg@exämple.org": "pässword"}
 M1 = b"Subject: one\r\n\r\nfirst\r\n"

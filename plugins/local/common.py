@@ -1,0 +1,33 @@
+"""What the local drivers share: blocking file work in a pool, with OS errors mapped."""
+
+from __future__ import annotations
+
+import os
+
+from mailserver import threads
+from mailserver.storage.errors import ErrorKind, StorageError
+
+
+async def run_io(pool: str, what: str, fn, *args, missing: ErrorKind = ErrorKind.TEMPORARY):
+    """``fn(*args)`` in the named pool.  A missing file is ``missing`` (callers that expect
+    absence handle it inside ``fn``); other OS errors and a stopped pool are TEMPORARY.
+    ``what`` names the store in the log detail."""
+    try:
+        return await threads.call(pool, fn, *args)
+    except StorageError:
+        raise
+    except FileNotFoundError as e:
+        raise StorageError(missing, f"{what}: {e.filename} missing") from None
+    except OSError as e:
+        raise StorageError(ErrorKind.TEMPORARY, f"{what} I/O on {e.filename}: {e.strerror}") from None
+    except threads.PoolStopped as e:
+        raise StorageError(ErrorKind.TEMPORARY, f"{what}: {e}") from None
+
+
+async def start_pool(pool: str, size: int, root: str, what: str) -> None:
+    """Start a driver's pool and create its root directory."""
+    threads.pool(pool, size)
+    try:
+        await threads.call(pool, os.makedirs, root, 0o700, True)
+    except OSError as e:
+        raise StorageError(ErrorKind.TEMPORARY, f"cannot create {what} directory {root}: {e}") from None
