@@ -39,7 +39,7 @@ class RboxMailbox(api.Mailbox):
         self.guid = entry["guid"]
         self.readonly = readonly
         self.index = index
-        self._uids: list[int] = []
+        self._uids = []             # the view: UIDs ascending (an array of the state's, or a list)
         self._expunge_seen = 0
         self._modseq_seen = 0
         self._own_modseqs: set[int] = set()
@@ -50,7 +50,7 @@ class RboxMailbox(api.Mailbox):
     async def open(self) -> None:
         await self.index.refresh()
         st = self.index.state
-        self._uids = list(st.uids)
+        self._uids = st.uids[:]     # an array copy (a memcpy; a list of 10,000 ints costs 0.2 ms)
         self._expunge_seen = st.expunge_count
         self._modseq_seen = st.highestmodseq
         self._recent_from = st.first_recent_uid
