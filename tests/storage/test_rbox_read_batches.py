@@ -14,6 +14,7 @@ from mailserver.storage.errors import ErrorKind, StorageError
 from plugins.local import objects as local_objects
 from plugins.local.objects import LocalObjectStore
 from plugins.rbox import mailbox as rbox_mailbox
+from plugins.rbox import reading as rbox_reading
 from tests.storage.test_rbox_storage import make_storage, save
 
 NS = "alice_namespace"
@@ -172,9 +173,9 @@ def test_batches_respect_count_and_bytes(small_batches):
             self.size = size
     box = rbox_mailbox.RboxMailbox.__new__(rbox_mailbox.RboxMailbox)
     box.storage = small_batches
-    sizes = [10, 10, 10, 10, rbox_mailbox.BATCH_BYTES, 10, rbox_mailbox.BATCH_BYTES - 15, 10, 10]
+    sizes = [10, 10, 10, 10, rbox_reading.BATCH_BYTES, 10, rbox_reading.BATCH_BYTES - 15, 10, 10]
     got = [[i.size for i in b] for b in box._batches([Info(s) for s in sizes])]
-    assert got == [[10, 10, 10], [10], [rbox_mailbox.BATCH_BYTES], [10, rbox_mailbox.BATCH_BYTES - 15],
+    assert got == [[10, 10, 10], [10], [rbox_reading.BATCH_BYTES], [10, rbox_reading.BATCH_BYTES - 15],
                    [10, 10]]
 
 
