@@ -73,7 +73,8 @@ def main() -> int:
     results = []
     for r in range(args.rounds):
         with tempfile.TemporaryDirectory() as tmp:
-            ours = RunningServer(os.path.join(tmp, "ours"), users=args.users)
+            ours = RunningServer(os.path.join(tmp, "ours"), users=args.users,
+                                 options={"server": {"log_level": "info"}})
             ours.start()
             users = [ours.new_user() for _ in range(args.users)]
             try:

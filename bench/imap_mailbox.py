@@ -158,7 +158,7 @@ def main() -> int:
     print(f"corpus: {len(mails)} messages, {sum(map(len, mails)) / 1e6:.1f} MB", flush=True)
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
-        ours = RunningServer(os.path.join(tmp, "ours"), users=1)
+        ours = RunningServer(os.path.join(tmp, "ours"), users=1, options={"server": {"log_level": "info"}})
         ours.start()
         user, password = ours.new_user()
         try:

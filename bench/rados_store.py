@@ -1,6 +1,6 @@
 """Throughput of RadosObjectStore against raw librados, on a throwaway cluster.
 
-    .venv/bin/python -m benchmarks.bench_rados_store [--conf CEPH_CONF] [--count N] [--rounds R]
+    .venv/bin/python -m bench.rados_store [--conf CEPH_CONF] [--count N] [--rounds R]
 
 Writes and reads 20 KB objects with 64 operations in flight: raw librados (aio WriteOp /
 aio_read driven from a plain thread, the same operation contents as the driver) and the

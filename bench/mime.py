@@ -1,6 +1,6 @@
 """Timing report for the MIME walker (not a test; run it by hand):
 
-    .venv/bin/python -m tests.unit.mime_bench
+    .venv/bin/python -m bench.mime
 
 Times ``parse`` and ``analyze`` on a 20 KB multipart mail (multipart/mixed with a
 multipart/alternative of quoted-printable text and HTML, and a base64 PDF) and on a 2 KB plain

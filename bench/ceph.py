@@ -1,0 +1,136 @@
+"""rbox on Ceph, on a throwaway cluster, beside the raw librados ceiling measured in the same run.
+
+    .venv/bin/python -m bench.ceph [--deliveries 2000] [--big-mailbox 10000] [--rounds 3]
+
+Prints, per round (medians at the end):
+- raw librados: aio WriteOp (write_full + xattrs + omap ref) and aio reads of 20 KB objects,
+  64 in flight (the ceiling);
+- LMTP delivery of 20 KB mails to 100 users with 1 and 10 connections (rados + cephfs);
+- `UID FETCH 1:1000 BODY.PEEK[]` on a cold server (body cache empty) as messages/s and as a
+  fraction of the raw read rate;
+- SELECT plus `FETCH 1:* (UID FLAGS RFC822.SIZE ENVELOPE)` on a 10,000-message mailbox after a
+  restart, with the number of RADOS reads it caused in the mail pool (target: zero).
+Targets (issue 4): LMTP >= 900 msg/s with 10 connections; body FETCH >= 50% of raw reads.
+"""
+
+from __future__ import annotations
+
+import argparse
+import imaplib
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from bench.common import corpus, deliver  # noqa: E402
+from bench.rados_store import SIZE, raw_reads, raw_writes  # noqa: E402
+from mailserver.devceph import DevCeph  # noqa: E402
+from tests.harness import RunningServer, ceph_config  # noqa: E402
+
+POOL = "benchmail"
+
+
+def pool_read_ops(conf: str, pool: str) -> int:
+    out = subprocess.run(["rados", "-c", conf, "df", "--format", "json"], capture_output=True,
+                         text=True, check=True).stdout
+    for p in json.loads(out)["pools"]:
+        if p["name"] == pool:
+            return int(p["read_ops"])
+    return 0
+
+
+def imap_timed(server, user, pw, command: str, args: str, uid: bool = False) -> tuple[float, int]:
+    m = imaplib.IMAP4(server.host, server.imap_port)
+    m.login(user, pw)
+    t0 = time.perf_counter()
+    typ, data = m.select("INBOX")
+    count = int(data[0])
+    t_select = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    typ, data = (m.uid(command, *args.split(" ", 1)) if uid else m.fetch(*args.split(" ", 1)))
+    elapsed = time.perf_counter() - t0
+    assert typ == "OK", data
+    m.logout()
+    return t_select, elapsed, count
+
+
+def run_round(cluster, base: str, args) -> dict:
+    res = {}
+    data20 = corpus(1, size=SIZE + 1000)[0][:SIZE]     # raw_reads checks for exactly SIZE bytes
+    ns = "bench-" + uuid.uuid4().hex[:8]
+    oids = [uuid.uuid4().hex for _ in range(2000)]
+    res["raw_write_ops"] = raw_writes(cluster.conf_path, POOL, ns, oids, data20)
+    res["raw_read_ops"] = raw_reads(cluster.conf_path, POOL, ns, oids)
+
+    server = RunningServer(os.path.join(base, uuid.uuid4().hex[:6]), users=101,
+                           extra_config=ceph_config(cluster.conf_path, uuid.uuid4().hex[:8], pool=POOL),
+                           options={"server": {"log_level": "info"}})   # production logging, not the tests' debug
+    server.start()
+    try:
+        users = [server.new_user() for _ in range(100)]
+        mails = corpus(args.deliveries, size=20000, seed=2)
+        # Warm up: a user's first delivery creates their mailboxes; measure steady state.
+        deliver(server.host, server.lmtp_port, [([u], mails[0]) for u, _ in users], 10)
+        for conns in (1, 10):
+            n = args.deliveries if conns == 10 else args.deliveries // 4
+            jobs = [([users[i % 100][0]], m) for i, m in enumerate(mails[:n])]
+            st = deliver(server.host, server.lmtp_port, jobs, conns)
+            res[f"lmtp_{conns}"] = st["messages"] / st["seconds"]
+        big_user, big_pw = server.new_user()
+        big = corpus(args.big_mailbox, seed=3)
+        st = deliver(server.host, server.lmtp_port, [([big_user], m) for m in big], 10)
+        res["big_delivery"] = st["messages"] / st["seconds"]
+        server.restart()                       # cold: nothing loaded, body cache empty
+        before = pool_read_ops(cluster.conf_path, POOL)
+        t_select, t_meta, count = imap_timed(server, big_user, big_pw, "FETCH", "1:* (UID FLAGS RFC822.SIZE ENVELOPE)")
+        res["select_ms"] = t_select * 1000
+        res["meta_fetch_ms"] = t_meta * 1000
+        res["meta_rados_reads"] = pool_read_ops(cluster.conf_path, POOL) - before
+        assert count == args.big_mailbox
+        server.restart()
+        _, t_body, _ = imap_timed(server, big_user, big_pw, "FETCH", "1:1000 (BODY.PEEK[])", uid=True)
+        res["body_fetch_msgs"] = 1000 / t_body
+        res["body_vs_raw_read"] = res["body_fetch_msgs"] / res["raw_read_ops"]
+    finally:
+        server.stop()
+    return res
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--deliveries", type=int, default=2000)
+    ap.add_argument("--big-mailbox", type=int, default=10000)
+    ap.add_argument("--rounds", type=int, default=3)
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory() as base:
+        cluster = DevCeph(os.path.join(base, "ceph"))
+        cluster.start()
+        try:
+            import rados
+            c = rados.Rados(conffile=cluster.conf_path)
+            c.connect()
+            if not c.pool_exists(POOL):
+                c.create_pool(POOL)
+            c.shutdown()
+            results = []
+            for r in range(args.rounds):
+                res = run_round(cluster, base, args)
+                results.append(res)
+                print(f"round {r + 1}: " + ", ".join(f"{k} {v:.2f}" if isinstance(v, float) else f"{k} {v}"
+                                                     for k, v in res.items()), flush=True)
+        finally:
+            cluster.stop()
+    print("medians:")
+    for key in results[0]:
+        print(f"  {key:>20}: {statistics.median(r[key] for r in results):.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
