@@ -173,3 +173,25 @@ def test_expunge_history_for_qresync():
     assert s.expunged_since(4) == []
     t = MailboxState.decode_snapshot(s.encode_snapshot())
     assert t.expunged_since(2) == [2, 3, 7, 9]
+
+
+@pytest_twisted.ensureDeferred
+async def test_polling_a_storage_that_fails_logs_a_warning_not_a_traceback(store):
+    """Regression: the change poller of an open mailbox met a stopped or unreachable index
+    store and logged a traceback for every poll (seen at shutdown on CephFS)."""
+    from twisted.logger import globalLogPublisher
+    from mailserver.storage.errors import ErrorKind, StorageError
+    idx = MailboxIndex(store, "u/box")
+    await idx.create(1, GUID, 0)
+
+    async def unreachable(path):
+        raise StorageError(ErrorKind.TEMPORARY, "cephfs size: CephFS not mounted")
+    store.size = unreachable
+    events = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        await idx._poll()
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    assert not [e for e in events if e.get("log_failure") is not None]
+    assert any("polling for changes failed" in e.get("log_format", "") for e in events)

@@ -251,7 +251,11 @@ class MailboxIndex:
     async def _poll_once(self) -> None:
         if self._lock.locked or self.deleted:
             return
-        size = await self.store.size(self.log_path())
+        try:
+            size = await self.store.size(self.log_path())
+        except StorageError as e:   # storage down or stopping: a warning, no traceback
+            log.warn("index {dir}: polling for changes failed: {e}", dir=self.dir, e=str(e))
+            return
         if size is None or size != self.state.log_offset:
             try:
                 await self.refresh()
