@@ -261,6 +261,10 @@ SCHEMA: dict[str, dict[str, Key]] = {
                                   "Rewrite a mailbox's snapshot when its log grows past this many bytes."),
         "body_cache_bytes": Key(int, 64 * 1024 * 1024, non_negative, "In-memory cache of recent message bodies."),
         "prefetch": Key(int, 16, positive, "Message bodies read ahead during FETCH and SEARCH."),
+        "parallel_commit": Key(bool, True, None,
+                               "Write a saved message's object and its index record at once (the save "
+                               "still returns only when both are durable); a crash in between can leave "
+                               "a record without its object, which force-resync drops."),
         "checkpoint_interval": Key(float, 60.0, non_negative,
                                    "Seconds between index checkpoints into the object store (0: only at close)."),
         "gc_grace": Key(float, 3600.0, non_negative,
