@@ -6,9 +6,11 @@
 Delivers the realistic corpus (bench/common.py) to one user over LMTP, restarts the server, then
 times: the first SELECT after the start, SELECT again, ``FETCH 1:* (UID FLAGS RFC822.SIZE
 ENVELOPE)``, ``UID SEARCH SUBJECT x``, ``UID SEARCH BODY x``, ``UID FETCH 1:* BODY.PEEK[]`` (medians
-of ``--rounds``), and a mixed load: ``--clients`` connections looping select / fetch headers of 50
-messages / fetch one body / store a flag / noop for ``--seconds``.  Prints each figure and the
-ratio ours/Dovecot (time: below 1 is faster; throughput: above 1 is faster).
+of ``--rounds``; the first FETCH and SEARCH after the start also apart), the same commands from
+a lean raw-socket client (``rawimap.py``: imaplib's parsing costs a good part of its times), and a
+mixed load: ``--clients`` connections looping select / fetch headers of 50 messages / fetch one
+body / store a flag / noop for ``--seconds``.  Prints each figure and the ratio ours/Dovecot
+(time: below 1 is faster; throughput: above 1 is faster).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import corpus, deliver  # noqa: E402
 from dovecot import Dovecot  # noqa: E402
+from rawimap import RawIMAP  # noqa: E402
 
 from tests.harness import RunningServer  # noqa: E402
 
@@ -52,11 +55,17 @@ def connect(port: int, user: str, password: str) -> imaplib.IMAP4:
     return m
 
 
+SINGLE = ("select", "fetch_meta", "search_subject", "search_body", "fetch_bodies")
+RAW_COMMANDS = {"select": "SELECT INBOX", "fetch_meta": "FETCH 1:* (UID FLAGS RFC822.SIZE ENVELOPE)",
+                "search_subject": f"UID SEARCH SUBJECT {SUBJECT_WORD}",
+                "search_body": f"UID SEARCH BODY {BODY_WORD}", "fetch_bodies": "UID FETCH 1:* (BODY.PEEK[])"}
+
+
 def single_client(port: int, user: str, password: str, rounds: int, count: int) -> dict:
     m = connect(port, user, password)
     out = {"select_first": timed(lambda: check(m.select("INBOX")))}
     m.close()
-    res: dict = {k: [] for k in ("select", "fetch_meta", "search_subject", "search_body", "fetch_bodies")}
+    res: dict = {k: [] for k in SINGLE}
     for _ in range(rounds):
         res["select"].append(timed(lambda: check(m.select("INBOX"))))
         res["fetch_meta"].append(timed(lambda: check(m.fetch("1:*", "(UID FLAGS RFC822.SIZE ENVELOPE)"))))
@@ -64,8 +73,17 @@ def single_client(port: int, user: str, password: str, rounds: int, count: int) 
         res["search_body"].append(timed(lambda: check(m.uid("SEARCH", "BODY", BODY_WORD))))
         res["fetch_bodies"].append(timed(lambda: check(m.uid("FETCH", "1:*", "(BODY.PEEK[])"))))
     m.logout()
+    out["fetch_meta_first"] = res["fetch_meta"][0]           # the first after the start (cache loads)
+    out["search_subject_first"] = res["search_subject"][0]
     for k, v in res.items():
         out[k] = statistics.median(v)
+    # The same commands from a lean client (imaplib's own parsing is a good part of its times).
+    r = RawIMAP("127.0.0.1", port)
+    r.command(f"LOGIN {user} {password}")
+    r.command("SELECT INBOX")
+    for k in SINGLE:
+        out["raw_" + k] = statistics.median(timed(lambda: r.command(RAW_COMMANDS[k])) for _ in range(rounds))
+    r.close()
     return out
 
 
@@ -115,10 +133,17 @@ def measure(name, ports, user, password, restart, mails, args) -> dict:
 
 ROWS = [("select_first", "SELECT, first after start", "s"), ("select", "SELECT again", "s"),
         ("fetch_meta", "FETCH 1:* (UID FLAGS RFC822.SIZE ENVELOPE)", "s"),
+        ("fetch_meta_first", "  the same, first after start", "s"),
         ("search_subject", f"UID SEARCH SUBJECT {SUBJECT_WORD}", "s"),
+        ("search_subject_first", "  the same, first after start", "s"),
         ("search_body", f"UID SEARCH BODY {BODY_WORD}", "s"),
         ("fetch_bodies", "UID FETCH 1:* BODY.PEEK[]", "s"),
-        ("mixed_ops_per_s", "mixed load, commands/s", "/s")]
+        ("mixed_ops_per_s", "mixed load, commands/s", "/s"),
+        ("raw_select", "raw client: SELECT again", "s"),
+        ("raw_fetch_meta", "raw client: FETCH 1:* (UID FLAGS ... ENVELOPE)", "s"),
+        ("raw_search_subject", f"raw client: UID SEARCH SUBJECT {SUBJECT_WORD}", "s"),
+        ("raw_search_body", f"raw client: UID SEARCH BODY {BODY_WORD}", "s"),
+        ("raw_fetch_bodies", "raw client: UID FETCH 1:* BODY.PEEK[]", "s")]
 
 
 def main() -> int:

@@ -260,7 +260,8 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "snapshot_threshold": Key(int, 256 * 1024, positive,
                                   "Rewrite a mailbox's snapshot when its log grows past this many bytes."),
         "body_cache_bytes": Key(int, 64 * 1024 * 1024, non_negative, "In-memory cache of recent message bodies."),
-        "prefetch": Key(int, 16, positive, "Message bodies read ahead during FETCH and SEARCH."),
+        "prefetch": Key(int, 256, positive, "Message bodies read ahead during FETCH and SEARCH, per "
+                        "object-store call (two such batches, each also at most 2 MB, are in flight)."),
         "parallel_commit": Key(bool, True, None,
                                "Write a saved message's object and its index record at once (the save "
                                "still returns only when both are durable); a crash in between can leave "

@@ -266,36 +266,14 @@ class PassdbAuthenticator(Authenticator):
         return await self._lookup(name)
 
     async def _lookup(self, name: str) -> UserRecord | None:
-        """Userdbs in order (default: the passdbs); the first that knows the user answers."""
-        temporary = ""
-        for db in self.userdbs or self.passdbs:
-            try:
-                if getattr(db, "needs_passdb_check", False):
-                    if await self._lookup_passdbs(name) is None:
-                        continue
-                record = await db.lookup(name)
-            except AuthUnavailable as e:
-                temporary = str(e)
-                continue
-            if record is not None:
-                return record
-        if temporary:
-            raise AuthUnavailable(temporary)
-        return None
+        """Userdbs in order (default: the passdbs); the first that knows the user answers.  A
+        userdb that asks for it (static) answers only for users some passdb knows."""
+        async def known_to_passdbs(db) -> bool:
+            return not getattr(db, "needs_passdb_check", False) or await self._lookup_passdbs(name) is not None
+        return await _first_record(self.userdbs or self.passdbs, name, known_to_passdbs)
 
     async def _lookup_passdbs(self, name: str) -> UserRecord | None:
-        temporary = ""
-        for db in self.passdbs:
-            try:
-                record = await db.lookup(name)
-            except AuthUnavailable as e:
-                temporary = str(e)
-                continue
-            if record is not None:
-                return record
-        if temporary:
-            raise AuthUnavailable(temporary)
-        return None
+        return await _first_record(self.passdbs, name)
 
     def _reactor(self):
         if self._clock is None:
@@ -338,3 +316,22 @@ def build_authenticator(config) -> Authenticator:
 
 
 __all__ = ["UsernameRule", "PassdbAuthenticator", "build_authenticator", "AuthUnavailable"]
+
+
+async def _first_record(dbs, name: str, admit=None) -> UserRecord | None:
+    """The first record any of ``dbs`` has for ``name`` (skipping dbs ``admit`` refuses).  If none
+    has it and one of them could not answer, raise AuthUnavailable rather than say "unknown"."""
+    temporary = ""
+    for db in dbs:
+        try:
+            if admit is not None and not await admit(db):
+                continue
+            record = await db.lookup(name)
+        except AuthUnavailable as e:
+            temporary = str(e)
+            continue
+        if record is not None:
+            return record
+    if temporary:
+        raise AuthUnavailable(temporary)
+    return None

@@ -15,6 +15,7 @@ Shape of a session:
     changes = await box.refresh()                    # bring the view up to date
     async for mail in box.fetch(uids, {"envelope"}):  # batch-shaped, prefetching
         ...
+    cols = await box.columns(uids, {"flags", "envelope"})  # or column by column: {name: [...]}
     await box.close(); await user.close()
 """
 
@@ -144,6 +145,12 @@ class FetchItem(str, enum.Enum):
     POP3_UIDL = "pop3_uidl"
     HEADER = "header"
     DATA = "data"
+
+
+# ``Mailbox.columns``: MessageInfo fields by column name, and the cached fields.
+_INFO_COLUMNS = {"flags": "flags", "modseq": "modseq", "internaldate": "internaldate",
+                 "savedate": "savedate", "size": "size", "vsize": "vsize", "guid": "guid"}
+COLUMNS = ("uid",) + tuple(_INFO_COLUMNS) + ("envelope", "bodystructure", "body", "preview")
 
 
 class StoreMode(enum.Enum):
@@ -287,6 +294,64 @@ class Mailbox(abc.ABC):
         Body reads are issued ahead of consumption (a prefetch window), so many are in
         flight at once; cached fields never read a body.  UIDs not in the mailbox are skipped.
         """
+
+    async def columns(self, uids: Sequence[int], names: Iterable[str]) -> dict:
+        """Metadata of many messages at once, column by column (FETCH of metadata without an
+        object per message).
+
+        ``names``: some of ``COLUMNS``.  Returns ``{name: list}`` for each name asked plus
+        ``"uid"``, every list aligned with the ``"uid"`` column: the UIDs of ``uids`` that are in
+        the mailbox, in the order given.  Values: ``flags`` frozensets (as ``MessageInfo.flags``;
+        formats return one object per distinct set, so callers may memoise on them), ``guid``
+        strings, the integer fields of ``MessageInfo``, and the cached fields ``envelope``,
+        ``bodystructure``, ``body``, ``preview`` as UTF-8 bytes (None where the message's
+        object could not be read to compute them; logged).
+
+        This default builds a MessageInfo per message and uses ``fetch``; formats override it."""
+        names = set(names)
+        unknown = names - set(COLUMNS)
+        if unknown:
+            raise ValueError(f"unknown columns {sorted(unknown)}")
+        infos = [i for i in map(self.info, uids) if i is not None]
+        out = {"uid": [i.uid for i in infos]}
+        for name in names & _INFO_COLUMNS.keys():
+            attr = _INFO_COLUMNS[name]
+            out[name] = [getattr(i, attr) for i in infos]
+        cached = [n for n in ("envelope", "bodystructure", "body", "preview") if n in names]
+        if cached:
+            by_uid = {}
+            async for mail in self.fetch(out["uid"], {FetchItem(n) for n in cached}):
+                by_uid[mail.info.uid] = mail
+            for name in cached:
+                values = []
+                for uid in out["uid"]:
+                    mail = by_uid.get(uid)
+                    value = getattr(mail, name) if mail is not None else None
+                    values.append(None if value is None else value.encode("utf-8"))
+                out[name] = values
+        return out
+
+    async def search_header_texts(self, uids: Sequence[int], name: str) -> list:
+        """For SEARCH keys on a header field (``mailserver.storage.search.evaluate``): per UID of
+        ``uids``, in order, the decoded values of field ``name`` (case-insensitive), as
+        ``search.header_text`` makes them (casemapped, joined); None where the message has no
+        such field or is not in the mailbox.  A message's header never changes, so formats
+        memoise these; this default reads the header fields each time."""
+        from mailserver.storage import mime, search
+        lname = name.lower()
+        item = FetchItem.CACHED_HEADERS if lname in mime.CACHED_HEADER_FIELDS else FetchItem.HEADER
+        texts = {}
+        async for mail in self.fetch(list(uids), {item}):
+            header = mail.header
+            if item is FetchItem.CACHED_HEADERS:
+                header = mail.cached_headers
+                if mail.cached_header_names is not None and lname not in mail.cached_header_names:
+                    # Too long to be cached for this message: its header has it.
+                    header = None
+                    async for full in self.fetch([mail.info.uid], {FetchItem.HEADER}):
+                        header = full.header
+            texts[mail.info.uid] = search.header_text(search.field_values(header or b"", lname))
+        return [texts.get(u) for u in uids]
 
     @abc.abstractmethod
     async def search(self, program, uids: Sequence[int] | None = None) -> list:

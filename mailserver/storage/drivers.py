@@ -13,6 +13,8 @@ from __future__ import annotations
 import abc
 from typing import Iterable
 
+from twisted.internet import defer
+
 from mailserver.storage.errors import ErrorKind, StorageError
 
 # Object metadata keys.  One letter each, as dovecot-ceph-plugin's rbox (librmb rados-types.h),
@@ -67,6 +69,26 @@ class ObjectStore(abc.ABC):
     @abc.abstractmethod
     async def get(self, ns: str, oid: str, offset: int = 0, length: int | None = None) -> bytes:
         """Read an object's data (or a byte range of it).  NOT_FOUND if missing."""
+
+    async def get_many(self, ns: str, oids: list[str], sizes: list[int] | None = None) -> list:
+        """Read several whole objects: one entry per oid, in order, each the data (``bytes``) or
+        the ``StorageError`` that reading it raised (NOT_FOUND for a missing one).  ``sizes``:
+        the data sizes the caller expects (from its index), a hint a driver may use to read each
+        object in one call; the data returned is always the object's whole data.
+
+        This default issues every ``get`` at once and gathers them (right for a backend with
+        parallel asynchronous reads); a driver whose reads cost a thread hand-off each reads
+        the whole batch in one job instead."""
+        async def one(oid):
+            try:
+                return await self.get(ns, oid)
+            except StorageError as e:
+                return e
+        try:
+            return list(await defer.gatherResults([defer.Deferred.fromCoroutine(one(o)) for o in oids],
+                                                   consumeErrors=True))
+        except defer.FirstError as e:
+            e.subFailure.raiseException()
 
     @abc.abstractmethod
     async def get_meta(self, ns: str, oid: str) -> dict[str, str]:

@@ -212,9 +212,9 @@ def _field_pattern(name: str):
     rx = _FIELD_PATTERNS.get(name)
     if rx is None:
         raw = name.encode("ascii", "replace")
-        pat = b"".join(b"[%s%s]" % (bytes([c]).lower(), bytes([c]).upper()) if bytes([c]).isalpha()
-                       else re.escape(bytes([c])) for c in raw)
-        rx = re.compile(rb"(?:^|\n)" + pat + rb"[ \t]*:([^\n]*(?:\n[ \t][^\n]*)*)")
+        # ^ in MULTILINE mode (a line start) is checked faster than an alternation with "\n".
+        rx = re.compile(rb"^" + re.escape(raw) + rb"[ \t]*:([^\n]*(?:\n[ \t][^\n]*)*)",
+                        re.MULTILINE | re.IGNORECASE)
         if len(_FIELD_PATTERNS) < 512:
             _FIELD_PATTERNS[name] = rx
     return rx
@@ -310,9 +310,171 @@ def matches(node: Node, info, ctx: _Context) -> bool:
     raise TypeError(f"unknown search node {node!r}")
 
 
+def header_text(values: list) -> str | None:
+    """The values of a header field as ``Mailbox.search_header_texts`` gives them: casemapped,
+    joined by TEXT_SEPARATOR; None for no value."""
+    return TEXT_SEPARATOR.join(casemap(v) for v in values) if values else None
+
+
+TEXT_SEPARATOR = "\0"
+
+
+# --- column-wise evaluation ---------------------------------------------------------------------
+# Keys on index metadata and on header fields are evaluated for all messages at once, as sets of
+# positions in the columns of ``Mailbox.columns`` (and ``Mailbox.search_header_texts``); only the
+# rest of a program (Body, Text, SENT* dates) looks at messages one by one, and only at the
+# messages the column-wise keys left.
+
+_COLUMN_OF = {Flag: "flags", Size: "vsize", Age: "internaldate", ModSeq: "modseq", EmailId: "guid"}
+
+
+def _columnar(node: Node) -> bool:
+    t = type(node)
+    if t is And:
+        return all(_columnar(i) for i in node.items)
+    if t is Or:
+        return _columnar(node.left) and _columnar(node.right)
+    if t is Not:
+        return _columnar(node.item)
+    if t is Date:
+        return node.field != "sent"
+    if t is Header:
+        return TEXT_SEPARATOR not in casemap(node.value)
+    return t in (All, Recent, UidIn) or t in _COLUMN_OF
+
+
+def _column_needs(node: Node, names: set, headers: set) -> None:
+    for n in _walk(node):
+        t = type(n)
+        if t in _COLUMN_OF:
+            names.add(_COLUMN_OF[t])
+        elif t is Date:
+            names.add("internaldate" if n.field == "internal" else "savedate")
+        elif t is Header:
+            headers.add(n.name.lower())
+
+
+def _day_start(day: datetime.date) -> int:
+    """The first second (UNIX time) whose local date (as ``_day_of``) is ``day`` or later."""
+    lo = int(datetime.datetime.combine(day, datetime.time()).timestamp()) - 2 * 86400
+    hi = lo + 4 * 86400
+    while lo < hi:                      # exact even where a zone skips or repeats midnight
+        mid = (lo + hi) // 2
+        if _day_of(mid) >= day:
+            hi = mid
+        else:
+            lo = mid + 1
+    return lo
+
+
+class _Columns:
+    __slots__ = ("cols", "texts", "uids", "n", "recent_from", "now")
+
+    def __init__(self, cols, texts, recent_from, now):
+        self.cols = cols
+        self.texts = texts
+        self.uids = cols["uid"]
+        self.n = len(self.uids)
+        self.recent_from = recent_from
+        self.now = now
+
+
+def _match_columns(node: Node, c: _Columns) -> set:
+    """Positions (in ``c.uids``, ascending UIDs) of the messages matching a columnar ``node``."""
+    t = type(node)
+    if t is All:
+        return set(range(c.n))
+    if t is And:
+        result = None
+        for item in node.items:
+            got = _match_columns(item, c)
+            result = got if result is None else result & got
+            if not result:
+                return set()
+        return result if result is not None else set(range(c.n))
+    if t is Or:
+        return _match_columns(node.left, c) | _match_columns(node.right, c)
+    if t is Not:
+        return set(range(c.n)) - _match_columns(node.item, c)
+    if t is Flag:
+        flag = node.flag
+        has = {}
+        out = set()
+        for k, fs in enumerate(c.cols["flags"]):
+            hit = has.get(fs)
+            if hit is None:
+                hit = has[fs] = flag in fs
+            if hit:
+                out.add(k)
+        return out
+    if t is Recent:
+        return set(range(bisect.bisect_left(c.uids, c.recent_from), c.n))
+    if t is UidIn:
+        out = set()
+        for lo, hi in node.ranges:
+            out.update(range(bisect.bisect_left(c.uids, lo), bisect.bisect_right(c.uids, hi)))
+        return out
+    if t is Size:
+        size = node.size
+        col = c.cols["vsize"]
+        return {k for k, v in enumerate(col) if v > size} if node.larger else {k for k, v in enumerate(col) if v < size}
+    if t is Date:
+        col = c.cols["internaldate" if node.field == "internal" else "savedate"]
+        start = _day_start(node.day)
+        if node.op == "before":
+            return {k for k, ts in enumerate(col) if ts < start}
+        if node.op == "since":
+            return {k for k, ts in enumerate(col) if ts >= start}
+        end = _day_start(node.day + datetime.timedelta(days=1))
+        return {k for k, ts in enumerate(col) if start <= ts < end}
+    if t is Age:
+        limit = c.now - node.seconds       # age > seconds  <=>  internaldate < now - seconds
+        col = c.cols["internaldate"]
+        return {k for k, ts in enumerate(col) if ts < limit} if node.older else {
+            k for k, ts in enumerate(col) if ts >= limit}
+    if t is ModSeq:
+        least = node.modseq
+        return {k for k, m in enumerate(c.cols["modseq"]) if m >= least}
+    if t is EmailId:
+        value = node.value
+        return {k for k, g in enumerate(c.cols["guid"]) if g == value}
+    if t is Header:
+        texts = c.texts[node.name.lower()]
+        if not node.value:
+            return {k for k, text in enumerate(texts) if text is not None}
+        wanted = casemap(node.value)
+        return {k for k, text in enumerate(texts) if text is not None and wanted in text}
+    raise TypeError(f"not a columnar search node {node!r}")
+
+
 async def evaluate(mailbox, program: Node, uids, recent_from: int, now: int) -> list:
-    """UIDs among ``uids`` (ascending) that match.  Index-only programs read nothing else;
-    others go through ``mailbox.fetch``, which prefetches bodies when they are needed."""
+    """UIDs among ``uids`` (ascending) that match.  Keys on index metadata and header fields
+    are evaluated column-wise (``Mailbox.columns``, ``Mailbox.search_header_texts``); the rest
+    of the program goes through ``mailbox.fetch`` for the messages those keys left, which
+    prefetches bodies when they are needed."""
+    parts = list(program.items) if type(program) is And else [program]
+    by_columns = [p for p in parts if _columnar(p)]
+    rest = [p for p in parts if not _columnar(p)]
+    if by_columns:
+        names: set = set()
+        headers: set = set()
+        for p in by_columns:
+            _column_needs(p, names, headers)
+        cols = await mailbox.columns(list(uids), names)
+        texts = {}
+        for name in sorted(headers):
+            texts[name] = await mailbox.search_header_texts(cols["uid"], name)
+        c = _Columns(cols, texts, recent_from, now)
+        found = _match_columns(by_columns[0] if len(by_columns) == 1 else And(tuple(by_columns)), c)
+        uids = [c.uids[k] for k in sorted(found)]
+        if not rest or not uids:
+            return uids
+    return await _evaluate_each(mailbox, rest[0] if len(rest) == 1 else And(tuple(rest)), uids,
+                                recent_from, now)
+
+
+async def _evaluate_each(mailbox, program: Node, uids, recent_from: int, now: int) -> list:
+    """``evaluate`` one message at a time."""
     from mailserver.storage.api import FetchItem
     items = needed_items(program)
     out = []

@@ -3,7 +3,8 @@
 ``ROOT/<namespace>/<oid[:2]>/<oid>`` holds a small header with the metadata followed by the
 message, written in one atomic step (temporary file, fsync, rename, fsync of the directory).
 References live beside it in ``<oid>.refs`` (one per line; no file means the initial reference
-only).  Every call is one job in the ``local-objects`` thread pool.
+only).  Every call is one job in the ``local-objects`` thread pool (``get_many``: one job for the
+whole batch).
 """
 
 from __future__ import annotations
@@ -24,6 +25,16 @@ _U32 = struct.Struct("<I")
 INITIAL_REF = ""
 _PID = [os.getpid()]            # for temporary names, without a system call per object
 os.register_at_fork(after_in_child=lambda: _PID.__setitem__(0, os.getpid()))
+
+
+META_ROOM = 4096                # metadata bytes expected at most before an object's data (a hint)
+
+
+def _object_meta_len(head: bytes, path: str) -> int:
+    """Length of the metadata block, from the first bytes of an object file."""
+    if len(head) < len(MAGIC) + 4 or not head.startswith(MAGIC):
+        raise StorageError(ErrorKind.CORRUPTED, f"{path}: not an object file")
+    return _U32.unpack_from(head, len(MAGIC))[0]
 
 
 def encode_meta(meta: dict[str, str]) -> bytes:
@@ -63,6 +74,7 @@ class LocalObjectStore(ObjectStore):
         self.suffix = namespace_suffix
         self._threads = threads_
         self._max = max_object_size
+        self._ns_dirs: dict[str, str] = {}     # namespace -> its directory (with a final "/")
 
     @classmethod
     def from_config(cls, config) -> "LocalObjectStore":
@@ -81,7 +93,12 @@ class LocalObjectStore(ObjectStore):
     def _path(self, ns: str, oid: str) -> str:
         if not oid or "/" in oid or oid.startswith("."):
             raise StorageError(ErrorKind.INVALID, f"bad object id {oid!r}")
-        return os.path.join(self.root, safe_component(ns), oid[:2], oid)
+        base = self._ns_dirs.get(ns)
+        if base is None:
+            if len(self._ns_dirs) >= 4096:
+                self._ns_dirs.clear()
+            base = self._ns_dirs[ns] = os.path.join(self.root, safe_component(ns)) + "/"
+        return f"{base}{oid[:2]}/{oid}"
 
     async def _run(self, fn, *args):
         return await run_io(POOL, "object store", fn, *args, missing=ErrorKind.NOT_FOUND)
@@ -131,7 +148,63 @@ class LocalObjectStore(ObjectStore):
             return f.read() if length is None else f.read(length)
 
     async def get(self, ns: str, oid: str, offset: int = 0, length: int | None = None) -> bytes:
+        if offset == 0 and length is None:
+            return await self._run(self._read_whole, self._path(ns, oid))
         return await self._run(self._read, self._path(ns, oid), offset, length, False)
+
+    @staticmethod
+    def _read_whole(path: str, size_hint: int | None = None) -> bytes:
+        """An object's data.  With ``size_hint`` (the expected data size), one read takes the
+        whole file: every system call here hands the GIL to the reactor thread and back."""
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            if size_hint is not None:
+                want = size_hint + META_ROOM
+                raw = os.read(fd, want)
+                if len(raw) < want:                    # the whole file, as expected
+                    mlen = _object_meta_len(raw, path)
+                    return raw[len(MAGIC) + 4 + mlen:]
+            head = os.pread(fd, len(MAGIC) + 4, 0)
+            start = len(MAGIC) + 4 + _object_meta_len(head, path)
+            want = os.fstat(fd).st_size - start
+            data = os.pread(fd, want, start) if want > 0 else b""
+            while len(data) < want:         # a read stops short past 2 GB
+                more = os.pread(fd, want - len(data), start + len(data))
+                if not more:
+                    break
+                data += more
+            return data
+        finally:
+            os.close(fd)
+
+    @classmethod
+    def _read_batch(cls, paths: list, sizes: list) -> list:
+        out = []
+        for path, size in zip(paths, sizes):
+            try:
+                out.append(cls._read_whole(path, size))
+            except StorageError as e:
+                out.append(e)
+            except FileNotFoundError:
+                out.append(StorageError(ErrorKind.NOT_FOUND, f"object {path} missing"))
+            except OSError as e:
+                out.append(StorageError(ErrorKind.TEMPORARY, f"object I/O on {path}: {e.strerror}"))
+        return out
+
+    async def get_many(self, ns: str, oids: list[str], sizes: list[int] | None = None) -> list:
+        """One pool job for the whole batch: a thread hand-off costs more than reading a small file."""
+        paths = []
+        for oid in oids:
+            try:
+                paths.append(self._path(ns, oid))
+            except StorageError as e:
+                paths.append(e)
+        if all(isinstance(p, StorageError) for p in paths):
+            return paths
+        hints = sizes if sizes is not None else [None] * len(paths)
+        readable = [(p, h) for p, h in zip(paths, hints) if not isinstance(p, StorageError)]
+        results = iter(await self._run(self._read_batch, [p for p, _ in readable], [h for _, h in readable]))
+        return [p if isinstance(p, StorageError) else next(results) for p in paths]
 
     async def get_meta(self, ns: str, oid: str) -> dict[str, str]:
         return await self._run(self._read, self._path(ns, oid), 0, None, True)

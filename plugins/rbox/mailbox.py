@@ -3,28 +3,24 @@
 from __future__ import annotations
 
 import bisect
-import collections
-import json
 import time
 
 from twisted.internet import defer
 from twisted.logger import Logger
 
-from mailserver.storage import api, drivers, mime, search
-from mailserver.storage.api import FetchItem
+from mailserver.storage import api, search
 from mailserver.storage.errors import ErrorKind, StorageError
 from mailserver.storage.index import cache as C
 from mailserver.storage.index import records as R
-from plugins.rbox.save import KeywordTable, cache_fields, new_ref, split_flags
+from plugins.rbox.reading import MailboxReading
+from plugins.rbox.save import KeywordTable, new_ref, split_flags
 
 log = Logger(namespace="mailserver.rbox")
 
 _SEEN_BIT = bytes(b & R.FLAG_BITS["\\Seen"] for b in range(256))   # flags byte -> 0 when unseen
-_CACHED_ITEMS = frozenset((FetchItem.ENVELOPE, FetchItem.BODYSTRUCTURE, FetchItem.BODY,
-                           FetchItem.PARTS, FetchItem.CACHED_HEADERS, FetchItem.PREVIEW))
 
 
-class RboxMailbox(api.Mailbox):
+class RboxMailbox(MailboxReading, api.Mailbox):
     def __init__(self, user, name: str, entry: dict, index, readonly: bool):
         self.user = user
         self.storage = user.storage
@@ -32,7 +28,7 @@ class RboxMailbox(api.Mailbox):
         self.guid = entry["guid"]
         self.readonly = readonly
         self.index = index
-        self._uids: list[int] = []
+        self._uids = []             # the view: UIDs ascending (an array of the state's, or a list)
         self._expunge_seen = 0
         self._modseq_seen = 0
         self._own_modseqs: set[int] = set()
@@ -43,7 +39,7 @@ class RboxMailbox(api.Mailbox):
     async def open(self) -> None:
         await self.index.refresh()
         st = self.index.state
-        self._uids = list(st.uids)
+        self._uids = st.uids[:]     # an array copy (a memcpy; a list of 10,000 ints costs 0.2 ms)
         self._expunge_seen = st.expunge_count
         self._modseq_seen = st.highestmodseq
         self._recent_from = st.first_recent_uid
@@ -156,121 +152,6 @@ class RboxMailbox(api.Mailbox):
         self._check_open()
         if self.readonly:
             raise StorageError(ErrorKind.NO_PERMISSION, f"mailbox {self.name!r} is open read-only")
-
-    # --- reading ------------------------------------------------------------------------------
-    async def _read_body(self, info) -> bytes:
-        key = (self.user.namespace, info.oid)
-        data = self.storage.bodies.get(key)
-        if data is None:
-            data = await self.storage.objects.get(self.user.namespace, info.oid)
-            self.storage.bodies.put(key, data)
-        return data
-
-    async def _cache_entry(self, info, data: bytes | None):
-        """The cache entry of a message, computing (and storing) it from the body if missing."""
-        entry = await self.index.cache.get(info.oid)
-        if entry is not None and all(entry.get(f) is not None for f in C.FIELDS):
-            return entry, data
-        if data is None:
-            data = await self._read_body(info)
-        fields = cache_fields(mime.analyze(data))
-        if entry is not None and entry.get(C.POP3_UIDL) is not None:
-            fields[C.POP3_UIDL] = bytes(entry.get(C.POP3_UIDL))
-        await self.index.cache.add(info.oid, fields)
-        return self.index.cache.entries[info.oid], data
-
-    async def _pop3_uidl(self, info) -> str:
-        """The UIDL recorded at migration ("" if none): from the cache, else once from the
-        object's metadata (then cached)."""
-        entry = await self.index.cache.get(info.oid)
-        value = entry.get(C.POP3_UIDL) if entry is not None else None
-        if value is not None:
-            return bytes(value).decode("utf-8", "replace")
-        meta = await self.storage.objects.get_meta(self.user.namespace, info.oid)
-        uidl = meta.get(drivers.META_POP3_UIDL, "")
-        fields = {}
-        if entry is not None:
-            fields = {f: bytes(entry.get(f)) for f in C.FIELDS if entry.get(f) is not None}
-        fields[C.POP3_UIDL] = uidl.encode("utf-8")
-        await self.index.cache.add(info.oid, fields)
-        return uidl
-
-    async def _load(self, info, items) -> api.FetchedMail:
-        mail = api.FetchedMail(info=info)
-        data = None
-        try:
-            if FetchItem.POP3_UIDL in items:
-                mail.pop3_uidl = await self._pop3_uidl(info)
-            if FetchItem.DATA in items:
-                data = mail.data = await self._read_body(info)
-            if items & _CACHED_ITEMS or FetchItem.HEADER in items:
-                entry, data = await self._cache_entry(info, data)
-                _fill_cached(mail, entry, items)
-                if FetchItem.HEADER in items:
-                    header_size = int(entry.get(C.HEADER_SIZE))
-                    if data is None:
-                        cached = self.storage.bodies.get((self.user.namespace, info.oid))
-                        data = cached
-                    if data is not None:
-                        mail.header = data[:header_size]
-                    else:
-                        mail.header = await self.storage.objects.get(self.user.namespace, info.oid, 0, header_size)
-        except StorageError as e:
-            if e.kind not in (ErrorKind.NOT_FOUND, ErrorKind.CORRUPTED):
-                raise
-            log.error("message {uid} of {user}/{box} unavailable: object {oid}: {e}", uid=info.uid,
-                      user=self.user.name, box=self.name, oid=info.oid, e=e.detail)
-            mail.missing = True
-        return mail
-
-    async def fetch(self, uids, items):
-        self._check_open()
-        items = frozenset(items)
-        st = self.index.state
-        infos = [i for i in (st.info(u) for u in uids) if i is not None]
-        if not items:
-            for info in infos:
-                yield api.FetchedMail(info=info)
-            return
-        if items <= _CACHED_ITEMS | {FetchItem.POP3_UIDL}:
-            # Cache only (POP3's UIDL pass included): answered from memory without a coroutine
-            # per message, as long as the entries are loaded and complete (others: general path).
-            cache = self.index.cache
-            if not cache.loaded or FetchItem.POP3_UIDL in items:
-                await cache.load_more()
-            want_uidl = FetchItem.POP3_UIDL in items
-            for info in infos:
-                entry = cache.entries.get(info.oid)
-                uidl = entry.get(C.POP3_UIDL) if entry is not None and want_uidl else None
-                if entry is not None and entry.complete() and (uidl is not None or not want_uidl):
-                    mail = api.FetchedMail(info=info)
-                    _fill_cached(mail, entry, items)
-                    if uidl is not None:
-                        mail.pop3_uidl = bytes(uidl).decode("utf-8", "replace")
-                    yield mail
-                else:
-                    yield await self._load(info, items)
-            return
-        window = self.storage.prefetch if items & {FetchItem.DATA, FetchItem.HEADER} else 64
-        pending = collections.deque()
-        it = iter(infos)
-
-        def launch():
-            while len(pending) < window:
-                info = next(it, None)
-                if info is None:
-                    return
-                pending.append(defer.Deferred.fromCoroutine(self._load(info, items)))
-
-        launch()
-        try:
-            while pending:
-                mail = await pending.popleft()
-                launch()
-                yield mail
-        finally:
-            for d in pending:   # the consumer stopped early: don't leave errors unhandled
-                d.addErrback(lambda f: None)
 
     async def search(self, program, uids=None) -> list:
         self._check_open()
@@ -414,20 +295,3 @@ class RboxMailbox(api.Mailbox):
             self._unsubscribe.clear()
             if not self.readonly:
                 await self.storage.checkpoint(self.index)   # "at logout"
-
-
-def _fill_cached(mail: api.FetchedMail, entry, items) -> None:
-    """Set the cached fields ``items`` asks for from a complete cache entry."""
-    if FetchItem.ENVELOPE in items:
-        mail.envelope = entry.get(C.ENVELOPE).decode("utf-8")
-    if FetchItem.BODYSTRUCTURE in items:
-        mail.bodystructure = entry.get(C.BODYSTRUCTURE).decode("utf-8")
-    if FetchItem.BODY in items:
-        mail.body = entry.get(C.BODY).decode("utf-8")
-    if FetchItem.PARTS in items:
-        mail.parts = mime.Part.from_json(json.loads(entry.get(C.PARTS)))
-    if FetchItem.CACHED_HEADERS in items:
-        mail.cached_headers = bytes(entry.get(C.HEADERS))
-        mail.cached_header_names = frozenset(entry.get(C.HEADER_NAMES).decode("ascii").split(","))
-    if FetchItem.PREVIEW in items:
-        mail.preview = entry.get(C.PREVIEW).decode("utf-8")

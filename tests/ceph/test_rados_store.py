@@ -375,3 +375,16 @@ def test_config_section_declared():
         driver_config("/etc/ceph/ceph.conf", rados={"op_timeout": 0})
     with pytest.raises(config.ConfigError, match=r"\[rados\] colour: unknown key"):
         driver_config("/etc/ceph/ceph.conf", rados={"colour": "blue"})
+
+
+@pytest_twisted.ensureDeferred
+async def test_get_many_reads_a_batch_with_errors_per_object(make_rados_store, unique):
+    store = await make_rados_store(rbox={"body_cache_bytes": 0})    # every read goes to the OSD
+    ns = store.namespace(f"batch-{unique}@example.org")
+    big = os.urandom(3 << 20)                    # past the driver's first read: stat + rest
+    await store.put(ns, "small", BODY, {})
+    await store.put(ns, "big", big, {})
+    got = await store.get_many(ns, ["big", "absent", "small", "big"], [1, 1, 1, 1])
+    assert got[0] == big and got[2] == BODY and got[3] == big
+    assert isinstance(got[1], StorageError) and got[1].kind is ErrorKind.NOT_FOUND
+    assert await store.get_many(ns, []) == []

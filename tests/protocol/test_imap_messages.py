@@ -110,6 +110,28 @@ async def test_fetch_items(ctx):
 
 
 @pytest_twisted.ensureDeferred
+async def test_fetch_whole_bodies_byte_exact(ctx):
+    # CRLF mail is sent as stored (no conversion pass); bare LF becomes CRLF; big literals are
+    # written as pieces of their own, so check the exact bytes around them.
+    big = (b"Subject: big\r\n\r\n" + b"0123456789abcdef" * 4096 + b"\r\n")
+    bare = b"Subject: bare\nX-A: 1\n\nline one\nline two\r\nline three\n"
+    w = await session_with(ctx, mail(1), big, bare, bare * 2000)
+    await w.cmd("SELECT INBOX")
+    w.take()
+    w.send(b"f UID FETCH 1:4 (BODY.PEEK[] FLAGS)\r\n")
+    data = await w.tagged("f")
+    crlf_bare = bare.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+    expected = b"".join(
+        b"* %d FETCH (UID %d BODY[] {%d}\r\n%s FLAGS (\\Recent))\r\n" % (n, n, len(m), m)
+        for n, m in ((1, mail(1)), (2, big), (3, crlf_bare), (4, crlf_bare * 2000)))
+    assert data == expected + b"f OK FETCH completed\r\n"
+    lines = await w.cmd("FETCH 2 (BODY.PEEK[HEADER] BODY.PEEK[]<10.20000> RFC822.SIZE)")
+    assert b"\r\n".join(lines[:-1]) + b"\r\n" == (
+        b"* 2 FETCH (BODY[HEADER] {16}\r\nSubject: big\r\n\r\n BODY[]<10> {20000}\r\n%s RFC822.SIZE %d)\r\n"
+        % (big[10:20010], len(big)))
+
+
+@pytest_twisted.ensureDeferred
 async def test_store_search_copy_move_expunge(ctx):
     w = await session_with(ctx, mail(1), mail(2), mail(3), mail(4))
     await w.cmd("SELECT INBOX")
@@ -215,19 +237,48 @@ async def test_metadata_fetch_asks_storage_for_no_body(ctx, monkeypatch):
     await w.cmd("SELECT INBOX")
     box = w.proto.selected.mailbox
     asked = []
-    real_fetch = box.fetch
+    real_fetch, real_columns = box.fetch, box.columns
 
     def recording_fetch(uids, items):
-        asked.append(set(items))
+        asked.append(("fetch", set(items)))
         return real_fetch(uids, items)
+
+    async def recording_columns(uids, names):
+        asked.append(("columns", set(names)))
+        return await real_columns(uids, names)
     monkeypatch.setattr(box, "fetch", recording_fetch)
+    monkeypatch.setattr(box, "columns", recording_columns)
     lines = await w.cmd("FETCH 1:* (FLAGS UID RFC822.SIZE INTERNALDATE ENVELOPE)")
-    assert len(lines) == 3 and asked == [{FetchItem.ENVELOPE}]
+    assert len(lines) == 3 and asked == [("columns", {"flags", "vsize", "internaldate", "envelope"})]
     asked.clear()
     await w.cmd("FETCH 1:* (FLAGS UID RFC822.SIZE)")
-    assert asked == []                       # served from the view alone
+    assert asked == [("columns", {"flags", "vsize"})]     # from the index: no cache, no body
+    asked.clear()
     await w.cmd("FETCH 1 (BODY.PEEK[HEADER.FIELDS (SUBJECT)] BODYSTRUCTURE)")
-    assert asked == [{FetchItem.HEADER, FetchItem.BODYSTRUCTURE}]
+    assert asked == [("fetch", {FetchItem.HEADER, FetchItem.BODYSTRUCTURE})]
+
+
+@pytest_twisted.ensureDeferred
+async def test_column_fetch_answers_as_the_per_message_path(ctx, monkeypatch):
+    from mailserver.protocols.imap import fetch as fetch_module
+    w = await session_with(ctx, mail(1), MULTIPART, mail(3), mail(4))
+    await w.cmd("SELECT INBOX")
+    await w.cmd("STORE 1,3 +FLAGS (\\Seen $Work)")
+    await w.cmd("STORE 4 +FLAGS (\\Deleted)")
+    other = Wire(ctx)
+    other.take()
+    await other.login()
+    await append(other, "INBOX", mail(5))          # a message that arrived after SELECT
+    await w.cmd("NOOP")
+    queries = ["FETCH 1:* (UID FLAGS RFC822.SIZE ENVELOPE)", "FETCH 1:* ALL", "FETCH 2:3 FULL",
+               "UID FETCH 1:* (BODYSTRUCTURE INTERNALDATE)", "FETCH 4,1 (FLAGS UID)",
+               "UID FETCH 2:9 (RFC822.SIZE)"]
+    fast = [await w.cmd(q) for q in queries]
+    monkeypatch.setattr(fetch_module, "_COLUMN_OF", {})
+    slow = [await w.cmd(q) for q in queries]
+    for q, a, b in zip(queries, fast, slow):
+        assert a[:-1] == b[:-1] and a[-1].split(b" ", 1)[1] == b[-1].split(b" ", 1)[1], q
+    assert len(fast[0]) == 6 and b"FLAGS (\\Recent \\Seen $Work)" in fast[0][0]
 
 
 @pytest_twisted.ensureDeferred

@@ -84,3 +84,37 @@ def test_list_patterns():
     existing, implied = names.with_parents(["a/b/c", "d"])
     assert implied == {"a", "a/b"}
     assert names.parents_with_children(["a/b/c", "d"]) == {"a", "a/b"}
+
+
+class _RecordingTransport:
+    def __init__(self):
+        self.calls = []
+
+    def registerProducer(self, producer, streaming):
+        pass
+
+    def write(self, data):
+        self.calls.append(("write", data))
+
+    def writeSequence(self, seq):
+        self.calls.append(("seq", list(seq)))
+
+
+def test_writer_passes_big_pieces_without_joining_them():
+    from mailserver.protocols.imap.response import FLUSH_AT, ResponseWriter
+    t = _RecordingTransport()
+    w = ResponseWriter(t)
+    big = b"x" * (FLUSH_AT // 2)
+    w.write(b"* 1 FETCH (UID 1)\r\n")
+    w.write_pieces([b"* 2 FETCH (BODY[] {%d}\r\n" % len(big), big, b")\r\n"])
+    w.write(b"* 3 FETCH (UID 3)\r\n")
+    w.flush()
+    assert t.calls == [("seq", [b"* 1 FETCH (UID 1)\r\n* 2 FETCH (BODY[] {32768}\r\n", big,
+                                b")\r\n* 3 FETCH (UID 3)\r\n"])]
+    assert t.calls[0][1][1] is big                    # the very object: not copied
+    w.write(b"a")
+    w.write(b"b")
+    w.flush()                                          # plain responses: one joined write
+    assert t.calls[1:] == [("write", b"ab")]
+    w.write_pieces([big, big, big])                    # past FLUSH_AT: flushed at once
+    assert w.buffered == 0 and t.calls[2] == ("seq", [big, big, big])

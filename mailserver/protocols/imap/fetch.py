@@ -22,7 +22,8 @@ from .condstore import parse_fetch_modifiers, uid_set_ranges_of, vanished_text
 from .extensions import enable_condstore
 from .errors import bad, no
 from .parser import Args, Atom, String, parse_tokens
-from .response import CRLF, astring, date_time, literal, nstring
+from .response import CRLF, astring, date_time, flag_list, literal, nstring
+from .selected import RECENT
 
 _HEADER_TEXTS = ("HEADER", "HEADER.FIELDS", "HEADER.FIELDS.NOT")
 _SECTION_ATT = re.compile(r"(BODY|BODY\.PEEK)\[(.*)\](?:<([0-9]+)\.([0-9]+)>)?\Z", re.DOTALL | re.IGNORECASE)
@@ -35,6 +36,7 @@ MACROS = {
     "FULL": ("FLAGS", "INTERNALDATE", "RFC822.SIZE", "ENVELOPE", "BODY"),
 }
 MAX_PART_DEPTH = 64
+BIG_LITERAL = 16 * 1024     # literals at least this long are written without copying them
 # OBJECTID (RFC 8474), SAVEDATE (RFC 8514), PREVIEW (RFC 8970)
 _EXTENSION_ATTS = {"EMAILID", "THREADID", "SAVEDATE", "PREVIEW"}
 
@@ -209,7 +211,9 @@ def section_data(att: FetchAtt, mail) -> bytes | None:
             return mime.crlf(header)
         return mime.header_fields(header, spec.fields, exclude=spec.text.endswith(".NOT"))
     if not spec.part and not spec.text:
-        return mime.crlf(mail.data)
+        info = mail.info
+        # vsize counts every line end as CRLF: equal to the stored size, there is no bare LF.
+        return mail.data if info.size == info.vsize == len(mail.data) else mime.crlf(mail.data)
     root = mail.parts if mail.parts is not None else mime.parse(mail.data)
     return mime.get_section(mail.data, root, spec.to_mime())
 
@@ -248,6 +252,11 @@ async def fetch(session, tag: str, args: Args, uid: bool = False):
             if not any(a.kind == "FLAGS" for a in atts):
                 seen_set = set(unseen)
     writer = session.writer
+    if not seen_set and all(a.kind in _COLUMN_OF for a in atts):
+        sent, missing = await _fetch_columns(session, selected, uids, atts)
+        if session.closed:
+            return None
+        return _fetch_done(session, uids, sent, missing)
     sent = missing = 0
     async for mail in _fetched(mailbox, uids, items):
         if mail.missing and items - {FetchItem.ENVELOPE, FetchItem.BODYSTRUCTURE, FetchItem.BODY}:
@@ -256,18 +265,100 @@ async def fetch(session, tag: str, args: Args, uid: bool = False):
         msn = selected.msn(mail.info.uid)
         if not msn:
             continue
-        writer.write(_response(selected, msn, mail, atts, mail.info.uid in seen_set))
+        response = _response(selected, msn, mail, atts, mail.info.uid in seen_set)
+        if type(response) is bytes:
+            writer.write(response)
+        else:
+            writer.write_pieces(response)
         sent += 1
         if writer.paused:
             await writer.drain()
             if session.closed:
                 return None
+    return _fetch_done(session, uids, sent, missing)
+
+
+def _fetch_done(session, uids, sent: int, missing: int) -> None:
     if missing:
         session.warn("FETCH: {n} message bodies could not be read", n=missing)
         raise no("Some messages could not be read, try again later", "UNAVAILABLE")
     if sent + missing < len(uids):
         raise no("Some of the requested messages no longer exist", "EXPUNGEISSUED")
     return None
+
+
+# Attributes answered from ``Mailbox.columns`` (no body, no object per message), and the
+# column each needs (None: none).
+_COLUMN_OF = {"UID": None, "FLAGS": "flags", "MODSEQ": "modseq", "RFC822.SIZE": "vsize",
+              "INTERNALDATE": "internaldate", "ENVELOPE": "envelope", "BODYSTRUCTURE": "bodystructure",
+              "BODY": "body", "EMAILID": "guid", "THREADID": None, "SAVEDATE": "savedate",
+              "PREVIEW": "preview"}
+COLUMN_CHUNK = 1000      # messages per columns call: bounds memory, lets a slow client's writes drain
+
+
+async def _fetch_columns(session, selected, uids, atts) -> tuple[int, int]:
+    """FETCH of metadata only, a chunk of messages at a time, each attribute formatted column by
+    column.  Returns (responses sent, messages skipped because their object is unreadable)."""
+    mailbox = selected.mailbox
+    names = {_COLUMN_OF[a.kind] for a in atts} - {None}
+    writer = session.writer
+    flag_texts: dict = {}
+    recent_from = mailbox.first_recent_uid if not selected.rev2 else None
+    sent = missing = 0
+    for start in range(0, len(uids), COLUMN_CHUNK):
+        cols = await mailbox.columns(uids[start:start + COLUMN_CHUNK], names)
+        col_uids = cols["uid"]
+        fields = [_format_column(a.kind, cols, col_uids, flag_texts, recent_from) for a in atts]
+        skip = None
+        if "PREVIEW" in {a.kind for a in atts}:
+            skip = {k for k, v in enumerate(cols["preview"]) if v is None}
+            missing += len(skip)
+        out = []
+        msn = selected.msn
+        for k, (uid, row) in enumerate(zip(col_uids, zip(*fields))):
+            n = msn(uid)
+            if n and not (skip and k in skip):
+                out.append(b"* %d FETCH (%s)\r\n" % (n, b" ".join(row)))
+        sent += len(out)
+        writer.write(b"".join(out))
+        if writer.paused:
+            await writer.drain()
+            if session.closed:
+                break
+    return sent, missing
+
+
+def _format_column(kind: str, cols: dict, uids: list, flag_texts: dict, recent_from) -> list:
+    """One attribute of every message of a chunk, formatted (``flag_texts`` memoises FLAGS)."""
+    if kind == "UID":
+        return [b"UID %d" % u for u in uids]
+    if kind == "FLAGS":
+        out = []
+        for uid, flags in zip(uids, cols["flags"]):
+            recent = recent_from is not None and uid >= recent_from
+            text = flag_texts.get((flags, recent))
+            if text is None:
+                text = flag_texts[(flags, recent)] = b"FLAGS " + flag_list(flags | {RECENT} if recent else flags)
+            out.append(text)
+        return out
+    if kind == "MODSEQ":
+        return [b"MODSEQ (%d)" % m for m in cols["modseq"]]
+    if kind == "RFC822.SIZE":
+        return [b"RFC822.SIZE %d" % v for v in cols["vsize"]]
+    if kind == "INTERNALDATE":
+        return [b"INTERNALDATE " + date_time(d) for d in cols["internaldate"]]
+    if kind in ("ENVELOPE", "BODYSTRUCTURE", "BODY"):
+        label = kind.encode("ascii") + b" "
+        return [label + (v if v is not None else b"NIL") for v in cols[_COLUMN_OF[kind]]]
+    if kind == "EMAILID":
+        return [b"EMAILID (%s)" % g.encode("ascii") for g in cols["guid"]]
+    if kind == "THREADID":
+        return [b"THREADID NIL"] * len(uids)
+    if kind == "SAVEDATE":
+        return [b"SAVEDATE " + (date_time(d) if d else b"NIL") for d in cols["savedate"]]
+    if kind == "PREVIEW":
+        return [b"PREVIEW " + nstring(v.decode("utf-8")) if v is not None else b"" for v in cols["preview"]]
+    raise ValueError(kind)
 
 
 async def _fetched(mailbox, uids, items):
@@ -282,9 +373,11 @@ async def _fetched(mailbox, uids, items):
             yield FetchedMail(info)
 
 
-def _response(selected, msn: int, mail, atts: list, add_flags: bool) -> bytes:
+def _response(selected, msn: int, mail, atts: list, add_flags: bool) -> bytes | list:
+    """One ``* n FETCH (...)`` response: bytes, or a list of pieces when it holds big literals."""
     info = mail.info
     latest = None
+    big = False
     out = []
     for att in atts:
         kind = att.kind
@@ -324,10 +417,31 @@ def _response(selected, msn: int, mail, atts: list, add_flags: bool) -> bytes:
             if att.partial is not None:
                 offset, length = att.partial
                 data = data[offset:offset + length]
-            out.append(att.label + b" " + literal(data))
+            if len(data) >= BIG_LITERAL:
+                out.append((att.label + b" {%d}\r\n" % len(data), data))
+                big = True
+            else:
+                out.append(att.label + b" " + literal(data))
     if add_flags:
         latest = selected.mailbox.info(info.uid) or info
         out.append(b"FLAGS " + selected.flags(latest))
         if selected.condstore and not any(a.kind == "MODSEQ" for a in atts):
             out.append(b"MODSEQ (%d)" % latest.modseq)
-    return b"* %d FETCH (%s)" % (msn, b" ".join(out)) + CRLF
+    if not big:
+        return b"* %d FETCH (%s)\r\n" % (msn, b" ".join(out))
+    # Big literals stay pieces of their own: the bytes are not copied into the response.
+    pieces = []
+    text = [b"* %d FETCH (" % msn]
+    for n, item in enumerate(out):
+        if n:
+            text.append(b" ")
+        if type(item) is tuple:
+            text.append(item[0])
+            pieces.append(b"".join(text))
+            pieces.append(item[1])
+            text = []
+        else:
+            text.append(item)
+    text.append(b")\r\n")
+    pieces.append(b"".join(text))
+    return pieces

@@ -90,6 +90,7 @@ class ResponseWriter:
         self.transport = transport
         self._chunks: list[bytes] = []
         self._size = 0
+        self._pieces = False       # chunks include big pieces from write_pieces
         self.paused = False
         self.closed = False
         self._waiters: list[defer.Deferred] = []
@@ -102,6 +103,15 @@ class ResponseWriter:
         if self._size >= FLUSH_AT:
             self.flush()
 
+    def write_pieces(self, pieces: list) -> None:
+        """Queue one whole response given in pieces (big literals apart: they are handed to the
+        transport as they are, not copied into a joined buffer)."""
+        self._chunks.extend(pieces)
+        self._size += sum(map(len, pieces))
+        self._pieces = True
+        if self._size >= FLUSH_AT:
+            self.flush()
+
     def untagged(self, text: str | bytes) -> None:
         """``* text`` CRLF."""
         if isinstance(text, str):
@@ -110,13 +120,32 @@ class ResponseWriter:
 
     def flush(self) -> None:
         """Hand everything queued to the transport."""
-        if not self._chunks:
+        chunks = self._chunks
+        if not chunks:
             return
-        data = self._chunks[0] if len(self._chunks) == 1 else b"".join(self._chunks)
         self._chunks = []
         self._size = 0
-        if not self.closed:
-            self.transport.write(data)
+        pieces, self._pieces = self._pieces, False
+        if self.closed:
+            return
+        if len(chunks) == 1:
+            self.transport.write(chunks[0])
+        elif not pieces:
+            self.transport.write(b"".join(chunks))
+        else:
+            # Join runs of small chunks (one write each for TLS and COMPRESS), pass big ones as is.
+            seq, run = [], []
+            for c in chunks:
+                if len(c) < FLUSH_AT // 4:
+                    run.append(c)
+                    continue
+                if run:
+                    seq.append(b"".join(run))
+                    run = []
+                seq.append(c)
+            if run:
+                seq.append(b"".join(run))
+            self.transport.writeSequence(seq)
 
     @property
     def buffered(self) -> int:

@@ -31,6 +31,7 @@ from .response import ResponseWriter, status_line
 log = Logger(namespace="mailserver.imap")
 
 _READ_SLACK = 64 * 1024
+SEND_BUFFER = 256 * 1024     # bytes queued in the transport before the response writer pauses
 
 
 def _peer_text(addr) -> str:
@@ -127,6 +128,10 @@ class IMAPServerProtocol(Protocol):
             except OSError:
                 pass
         self.peer = _peer_text(self.transport.getPeer())
+        if isinstance(getattr(self.transport, "bufferSize", None), int):
+            # Twisted pauses the writer each time this much is queued: at its 64 KB default a
+            # big FETCH spends its time in pause/resume rounds instead of writing.
+            self.transport.bufferSize = max(self.transport.bufferSize, SEND_BUFFER)
         self.writer = ResponseWriter(self.transport)
         self.ctx.connections.add(self)
         if self.ctx.stopping:

@@ -29,6 +29,18 @@ FIELDS = (ENVELOPE, BODYSTRUCTURE, BODY, PARTS, HEADER_SIZE, HEADERS, HEADER_NAM
 POP3_UIDL = 9
 
 _FIELD = struct.Struct("<BI")
+_NAME_SETS: dict[bytes, frozenset] = {}
+
+
+def header_names(raw: bytes) -> frozenset:
+    """The HEADER_NAMES field as a set of names (memoised: most messages share a few sets)."""
+    names = _NAME_SETS.get(raw)
+    if names is None:
+        names = frozenset(raw.decode("ascii", "replace").split(","))
+        if len(_NAME_SETS) >= 4096:
+            _NAME_SETS.clear()
+        _NAME_SETS[bytes(raw)] = names
+    return names
 
 
 def encode_entry(oid: str, fields: dict[int, bytes]) -> bytes:
@@ -90,12 +102,13 @@ def _resync(data: bytes, pos: int) -> int | None:
 class CacheEntry:
     """Cached fields of one object, decoded on first use."""
 
-    __slots__ = ("_payload", "_pos", "_fields")
+    __slots__ = ("_payload", "_pos", "_fields", "_complete")
 
     def __init__(self, payload: bytes, pos: int):
         self._payload = payload
         self._pos = pos
         self._fields = None
+        self._complete = None
 
     def get(self, fid: int) -> bytes | None:
         if self._fields is None:
@@ -104,9 +117,11 @@ class CacheEntry:
 
     def complete(self) -> bool:
         """Every field of ``FIELDS`` is there (older entries may lack newer fields)."""
-        if self._fields is None:
-            self._fields = decode_fields(self._payload, self._pos)
-        return len(self._fields) >= len(FIELDS) and all(f in self._fields for f in FIELDS)
+        if self._complete is None:
+            if self._fields is None:
+                self._fields = decode_fields(self._payload, self._pos)
+            self._complete = all(f in self._fields for f in FIELDS)
+        return self._complete
 
 
 class MessageCache:
@@ -119,6 +134,9 @@ class MessageCache:
         self.offset = 0
         self.loaded = False
         self._loading = defer.DeferredLock()
+        # Values derived from entries by the mailbox format (e.g. decoded header fields for
+        # SEARCH): {kind: {oid: value}}.  Objects are immutable, so they never go stale.
+        self.derived: dict[str, dict] = {}
 
     async def load_more(self) -> None:
         """Read entries appended since the last call (by this or another process)."""
@@ -161,5 +179,6 @@ class MessageCache:
     def forget(self) -> None:
         """Drop memory (the file stays)."""
         self.entries.clear()
+        self.derived.clear()
         self.offset = 0
         self.loaded = False
