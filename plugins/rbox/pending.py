@@ -45,6 +45,11 @@ class WritesFirst:
         await self._written(ns, oid)
         return await self.inner.get(ns, oid, offset, length)
 
+    async def get_many(self, ns: str, oids: list[str], sizes: list[int] | None = None) -> list:
+        for oid in oids:
+            await self._written(ns, oid)
+        return await self.inner.get_many(ns, oids, sizes)
+
     async def get_meta(self, ns: str, oid: str) -> dict[str, str]:
         await self._written(ns, oid)
         return await self.inner.get_meta(ns, oid)
