@@ -1,6 +1,6 @@
 """rbox on Ceph, on a throwaway cluster, beside the raw librados ceiling measured in the same run.
 
-    .venv/bin/python -m bench.ceph [--deliveries 2000] [--big-mailbox 10000] [--rounds 3]
+    .venv/bin/python -m bench.ceph [--deliveries 2000] [--big-mailbox 10000] [--rounds 3] [--baseline]
 
 Prints, per round (medians at the end):
 - raw librados: aio WriteOp (write_full + xattrs + omap ref) and aio reads of 20 KB objects,
@@ -10,6 +10,9 @@ Prints, per round (medians at the end):
   fraction of the raw read rate;
 - SELECT plus `FETCH 1:* (UID FLAGS RFC822.SIZE ENVELOPE)` on a 10,000-message mailbox after a
   restart, with the number of RADOS reads it caused in the mail pool (target: zero).
+With --baseline, the LMTP deliveries are also run, in the same round, against a second server
+with the serial commit path (`[rbox] parallel_commit = false`, `[cephfs] lock_lease = 0`:
+object first, then a flock, append, fsync and unlock per commit), as `base_lmtp_*`.
 Targets (issue 4): LMTP >= 900 msg/s with 10 connections; body FETCH >= 50% of raw reads.
 """
 
@@ -60,6 +63,21 @@ def imap_timed(server, user, pw, command: str, args: str, uid: bool = False) -> 
     return t_select, elapsed, count
 
 
+def lmtp_rates(server, args) -> dict:
+    """LMTP deliveries/s of 20 KB mails to 100 users, with 1 and with 10 connections."""
+    res = {}
+    users = [server.new_user() for _ in range(100)]
+    mails = corpus(args.deliveries, size=20000, seed=2)
+    # Warm up: a user's first delivery creates their mailboxes; measure steady state.
+    deliver(server.host, server.lmtp_port, [([u], mails[0]) for u, _ in users], 10)
+    for conns in (1, 10):
+        n = args.deliveries if conns == 10 else args.deliveries // 4
+        jobs = [([users[i % 100][0]], m) for i, m in enumerate(mails[:n])]
+        st = deliver(server.host, server.lmtp_port, jobs, conns)
+        res[f"lmtp_{conns}"] = st["messages"] / st["seconds"]
+    return res
+
+
 def run_round(cluster, base: str, args) -> dict:
     res = {}
     data20 = corpus(1, size=SIZE + 1000)[0][:SIZE]     # raw_reads checks for exactly SIZE bytes
@@ -68,20 +86,23 @@ def run_round(cluster, base: str, args) -> dict:
     res["raw_write_ops"] = raw_writes(cluster.conf_path, POOL, ns, oids, data20)
     res["raw_read_ops"] = raw_reads(cluster.conf_path, POOL, ns, oids)
 
+    if args.baseline:
+        serial = RunningServer(os.path.join(base, uuid.uuid4().hex[:6]), users=101,
+                               extra_config=ceph_config(cluster.conf_path, uuid.uuid4().hex[:8], pool=POOL,
+                                                        rbox="parallel_commit = false\n",
+                                                        cephfs="lock_lease = 0.0\n"),
+                               options={"server": {"log_level": "info"}})
+        serial.start()
+        try:
+            res.update({"base_" + k: v for k, v in lmtp_rates(serial, args).items()})
+        finally:
+            serial.stop()
     server = RunningServer(os.path.join(base, uuid.uuid4().hex[:6]), users=101,
                            extra_config=ceph_config(cluster.conf_path, uuid.uuid4().hex[:8], pool=POOL),
                            options={"server": {"log_level": "info"}})   # production logging, not the tests' debug
     server.start()
     try:
-        users = [server.new_user() for _ in range(100)]
-        mails = corpus(args.deliveries, size=20000, seed=2)
-        # Warm up: a user's first delivery creates their mailboxes; measure steady state.
-        deliver(server.host, server.lmtp_port, [([u], mails[0]) for u, _ in users], 10)
-        for conns in (1, 10):
-            n = args.deliveries if conns == 10 else args.deliveries // 4
-            jobs = [([users[i % 100][0]], m) for i, m in enumerate(mails[:n])]
-            st = deliver(server.host, server.lmtp_port, jobs, conns)
-            res[f"lmtp_{conns}"] = st["messages"] / st["seconds"]
+        res.update(lmtp_rates(server, args))
         big_user, big_pw = server.new_user()
         big = corpus(args.big_mailbox, seed=3)
         st = deliver(server.host, server.lmtp_port, [([big_user], m) for m in big], 10)
@@ -107,6 +128,8 @@ def main() -> int:
     ap.add_argument("--deliveries", type=int, default=2000)
     ap.add_argument("--big-mailbox", type=int, default=10000)
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--baseline", action="store_true",
+                    help="also measure LMTP on a server with the serial commit path")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as base:
         cluster = DevCeph(os.path.join(base, "ceph"))
