@@ -6,8 +6,9 @@ Prints, per round (medians at the end):
 - raw librados: aio WriteOp (write_full + xattrs + omap ref) and aio reads of 20 KB objects,
   64 in flight (the ceiling);
 - LMTP delivery of 20 KB mails to 100 users with 1 and 10 connections (rados + cephfs);
-- `UID FETCH 1:1000 BODY.PEEK[]` on a cold server (body cache empty) as messages/s and as a
-  fraction of the raw read rate;
+- `UID FETCH 1:1000 BODY.PEEK[]` on a cold server (body caches empty) as messages/s and as a
+  fraction of the raw read rate, then again after a restart, from the directory body cache
+  (`[rbox] body_cache_dir`) the first FETCH filled;
 - SELECT plus `FETCH 1:* (UID FLAGS RFC822.SIZE ENVELOPE)` on a 10,000-message mailbox after a
   restart, with the number of RADOS reads it caused in the mail pool (target: zero).
 With --baseline, the LMTP deliveries are also run, in the same round, against a second server
@@ -20,10 +21,8 @@ from __future__ import annotations
 
 import argparse
 import imaplib
-import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -34,18 +33,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from bench.common import corpus, deliver  # noqa: E402
 from bench.rados_store import SIZE, raw_reads, raw_writes  # noqa: E402
 from mailserver.devceph import DevCeph  # noqa: E402
-from tests.harness import RunningServer, ceph_config  # noqa: E402
+from tests.harness import RunningServer, ceph_config, pool_read_ops  # noqa: E402
 
 POOL = "benchmail"
-
-
-def pool_read_ops(conf: str, pool: str) -> int:
-    out = subprocess.run(["rados", "-c", conf, "df", "--format", "json"], capture_output=True,
-                         text=True, check=True).stdout
-    for p in json.loads(out)["pools"]:
-        if p["name"] == pool:
-            return int(p["read_ops"])
-    return 0
 
 
 def imap_timed(server, user, pw, command: str, args: str, uid: bool = False) -> tuple[float, int]:
@@ -97,8 +87,10 @@ def run_round(cluster, base: str, args) -> dict:
             res.update({"base_" + k: v for k, v in lmtp_rates(serial, args).items()})
         finally:
             serial.stop()
-    server = RunningServer(os.path.join(base, uuid.uuid4().hex[:6]), users=101,
-                           extra_config=ceph_config(cluster.conf_path, uuid.uuid4().hex[:8], pool=POOL),
+    server_dir = os.path.join(base, uuid.uuid4().hex[:6])
+    server = RunningServer(server_dir, users=101,
+                           extra_config=ceph_config(cluster.conf_path, uuid.uuid4().hex[:8], pool=POOL,
+                                                    rbox=f'body_cache_dir = "{server_dir}/bodies"\n'),
                            options={"server": {"log_level": "info"}})   # production logging, not the tests' debug
     server.start()
     try:
@@ -118,6 +110,9 @@ def run_round(cluster, base: str, args) -> dict:
         _, t_body, _ = imap_timed(server, big_user, big_pw, "FETCH", "1:1000 (BODY.PEEK[])", uid=True)
         res["body_fetch_msgs"] = 1000 / t_body
         res["body_vs_raw_read"] = res["body_fetch_msgs"] / res["raw_read_ops"]
+        server.restart()                       # memory cache empty, the directory cache filled
+        _, t_body, _ = imap_timed(server, big_user, big_pw, "FETCH", "1:1000 (BODY.PEEK[])", uid=True)
+        res["body_fetch_dircache_msgs"] = 1000 / t_body
     finally:
         server.stop()
     return res

@@ -260,6 +260,11 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "snapshot_threshold": Key(int, 256 * 1024, positive,
                                   "Rewrite a mailbox's snapshot when its log grows past this many bytes."),
         "body_cache_bytes": Key(int, 64 * 1024 * 1024, non_negative, "In-memory cache of recent message bodies."),
+        "body_cache_dir": Key(str, "", absolute_path,
+                              "Directory caching message bodies read from the object store, on "
+                              "local disk (empty: off).  Useful with object_store = \"rados\"."),
+        "body_cache_dir_bytes": Key(int, 1024 * 1024 * 1024, positive,
+                                    "Size cap of body_cache_dir (least recently used bodies go first)."),
         "prefetch": Key(int, 256, positive, "Message bodies read ahead during FETCH and SEARCH, per "
                         "object-store call (two such batches, each also at most 2 MB, are in flight)."),
         "parallel_commit": Key(bool, True, None,

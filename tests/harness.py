@@ -132,3 +132,20 @@ class RunningServer:
     @property
     def lmtp_port(self) -> int:
         return self.ports["lmtp"]
+
+
+def pool_read_ops(conf: str, pool: str) -> int:
+    """Read operations a RADOS pool has served, once the counter has settled: OSDs report
+    their statistics every few seconds, so a value is taken when two readings 6 s apart
+    agree (a reading just after some reads may not include them yet)."""
+    def reading() -> int:
+        out = subprocess.run(["rados", "-c", conf, "df", "--format", "json"], capture_output=True,
+                             text=True, check=True).stdout
+        return next((int(p["read_ops"]) for p in json.loads(out)["pools"] if p["name"] == pool), 0)
+    value = reading()
+    while True:
+        time.sleep(6)
+        again = reading()
+        if again == value:
+            return value
+        value = again

@@ -26,6 +26,7 @@ from mailserver.storage.index.mailbox_list import MailboxList
 from mailserver.storage.paths import safe_component
 from plugins.rbox import checkpoint
 from plugins.rbox.bodycache import BodyCache
+from plugins.rbox.diskcache import DirectoryCache
 from plugins.rbox.pending import WritesFirst
 
 log = Logger(namespace="mailserver.rbox")
@@ -36,6 +37,8 @@ KEEP_INDEXES = 200      # mailbox indexes kept loaded after their last session c
 class RboxStorage(api.MailStorage):
     def __init__(self, config, objects, index_store):
         self.config = config
+        if config.rbox.body_cache_dir:
+            objects = DirectoryCache(objects, config.rbox.body_cache_dir, config.rbox.body_cache_dir_bytes)
         self.objects = WritesFirst(objects)   # reads wait for a put in flight (parallel_commit)
         self.index_store = index_store
         self.bodies = BodyCache(config.rbox.body_cache_bytes)
