@@ -103,7 +103,7 @@ async def bench(reactor, conf: str, count: int, rounds: int) -> None:
     from twisted.internet import threads
     from plugins.rados.store import RadosObjectStore
     pool = "bench"
-    store = RadosObjectStore(ceph_conf=conf, pool=pool, body_cache_bytes=0)
+    store = RadosObjectStore(ceph_conf=conf, pool=pool)
     await store.start()
     data = os.urandom(SIZE)
     results: dict[str, list[float]] = {}

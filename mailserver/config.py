@@ -260,8 +260,17 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "snapshot_threshold": Key(int, 256 * 1024, positive,
                                   "Rewrite a mailbox's snapshot when its log grows past this many bytes."),
         "body_cache_bytes": Key(int, 64 * 1024 * 1024, non_negative, "In-memory cache of recent message bodies."),
+        "body_cache_dir": Key(str, "", absolute_path,
+                              "Directory caching message bodies read from the object store, on "
+                              "local disk (empty: off).  Useful with object_store = \"rados\"."),
+        "body_cache_dir_bytes": Key(int, 1024 * 1024 * 1024, positive,
+                                    "Size cap of body_cache_dir (least recently used bodies go first)."),
         "prefetch": Key(int, 256, positive, "Message bodies read ahead during FETCH and SEARCH, per "
                         "object-store call (two such batches, each also at most 2 MB, are in flight)."),
+        "parallel_commit": Key(bool, True, None,
+                               "Write a saved message's object and its index record at once (the save "
+                               "still returns only when both are durable); a crash in between can leave "
+                               "a record without its object, which force-resync drops."),
         "checkpoint_interval": Key(float, 60.0, non_negative,
                                    "Seconds between index checkpoints into the object store (0: only at close)."),
         "gc_grace": Key(float, 3600.0, non_negative,

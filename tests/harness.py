@@ -16,11 +16,12 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def ceph_config(conf: str, tag: str, pool: str = "servertest") -> str:
-    """Extra configuration putting mail in RADOS and the index in CephFS (a root of its own)."""
-    return (f'[rbox]\nobject_store = "rados"\nindex_store = "cephfs"\n\n'
+def ceph_config(conf: str, tag: str, pool: str = "servertest", rbox: str = "", cephfs: str = "") -> str:
+    """Extra configuration putting mail in RADOS and the index in CephFS (a root of its own);
+    ``rbox`` and ``cephfs``: more TOML lines for those sections."""
+    return (f'[rbox]\nobject_store = "rados"\nindex_store = "cephfs"\n{rbox}\n'
             f'[rados]\nceph_conf = "{conf}"\npool = "{pool}"\nop_timeout = 5.0\n\n'
-            f'[cephfs]\nceph_conf = "{conf}"\nroot = "/server-{tag}"\nop_timeout = 5.0\n')
+            f'[cephfs]\nceph_conf = "{conf}"\nroot = "/server-{tag}"\nop_timeout = 5.0\n{cephfs}')
 
 
 class RunningServer:
@@ -131,3 +132,20 @@ class RunningServer:
     @property
     def lmtp_port(self) -> int:
         return self.ports["lmtp"]
+
+
+def pool_read_ops(conf: str, pool: str) -> int:
+    """Read operations a RADOS pool has served, once the counter has settled: OSDs report
+    their statistics every few seconds, so a value is taken when two readings 6 s apart
+    agree (a reading just after some reads may not include them yet)."""
+    def reading() -> int:
+        out = subprocess.run(["rados", "-c", conf, "df", "--format", "json"], capture_output=True,
+                             text=True, check=True).stdout
+        return next((int(p["read_ops"]) for p in json.loads(out)["pools"] if p["name"] == pool), 0)
+    value = reading()
+    while True:
+        time.sleep(6)
+        again = reading()
+        if again == value:
+            return value
+        value = again

@@ -37,7 +37,6 @@ from mailserver.storage.drivers import META_VERSION, OBJECT_FORMAT_VERSION, Obje
 from mailserver.storage.errors import ErrorKind, StorageError
 
 from .aio import AioBridge, storage_error
-from .cache import BodyCache
 
 REF_PREFIX = "ref."          # omap key of a reference: REF_PREFIX + ref
 DYING_KEY = "dying"          # omap key set while the last reference's removal deletes the object
@@ -76,8 +75,7 @@ class RadosObjectStore(ObjectStore):
 
     def __init__(self, *, ceph_conf: str, client_name: str = "client.admin", pool: str = "mail",
                  op_timeout: float = 10.0, max_write_size: int = 0, max_object_size: int = 0,
-                 namespace_suffix: str = "_namespace", body_cache_bytes: int = 64 << 20,
-                 reactor=None):
+                 namespace_suffix: str = "_namespace", reactor=None):
         self.ceph_conf = ceph_conf
         self.client_name = client_name
         self.pool = pool
@@ -89,7 +87,6 @@ class RadosObjectStore(ObjectStore):
         self._max_object_size = max_object_size or DEFAULT_MAX_OBJECT_SIZE
         self._reactor = reactor or default_reactor
         self._aio = AioBridge(self._reactor, op_timeout)
-        self._cache = BodyCache(body_cache_bytes)
         self._cluster = None
         self._ioctx = None                   # used on the reactor thread only (aio submission)
         self._thread_ioctxs: queue.SimpleQueue = queue.SimpleQueue()   # for pool-thread calls
@@ -103,10 +100,7 @@ class RadosObjectStore(ObjectStore):
         return cls(ceph_conf=s.ceph_conf, client_name=s.client_name, pool=s.pool,
                    op_timeout=s.op_timeout, max_write_size=s.max_write_size,
                    max_object_size=s.max_object_size,
-                   namespace_suffix=config.rbox.namespace_suffix,
-                   # The rbox format keeps its own body cache ([rbox] body_cache_bytes); a second
-                   # one here would hold the same bodies twice.
-                   body_cache_bytes=0)
+                   namespace_suffix=config.rbox.namespace_suffix)
 
     # --- life cycle ----------------------------------------------------------------------------
 
@@ -327,7 +321,6 @@ class RadosObjectStore(ObjectStore):
             await self._write_op(ns, oid, whole, what)
         else:
             await self._put_parts(ns, oid, data, part, finish, what)
-        self._cache.put((ns, oid), data)
 
     async def _put_parts(self, ns, oid, data, part, finish, what) -> None:
         """Write an object larger than one OSD write: parts in order into the final name, the
@@ -358,18 +351,12 @@ class RadosObjectStore(ObjectStore):
     async def get(self, ns: str, oid: str, offset: int = 0, length: int | None = None) -> bytes:
         if offset < 0 or (length is not None and length < 0):
             raise StorageError(ErrorKind.INTERNAL, f"rados get {ns}/{oid}: bad range {offset}+{length}")
-        cached = self._cache.get((ns, oid))
-        if cached is not None:
-            return cached[offset:] if length is None else cached[offset:offset + length]
         what = f"rados get {ns}/{oid}"
         if length is not None:
             if length == 0:       # librados reads to the end for length 0: ask stat instead
                 await self._stat(ns, oid, what)
                 return b""
-            data = await self._read(ns, oid, offset, length, what)
-            if offset == 0 and len(data) < length:      # that was the whole object
-                self._cache.put((ns, oid), data)
-            return data
+            return await self._read(ns, oid, offset, length, what)
         # Whole object (from offset): one read of FIRST_READ bytes covers most mails; only a
         # bigger one costs a stat and a second read.  (The python binding allocates the full
         # requested length per read, so asking for max_object_size would be wasteful.)
@@ -379,8 +366,6 @@ class RadosObjectStore(ObjectStore):
             rest = size - offset - len(data)
             if rest > 0:
                 data += await self._read(ns, oid, offset + len(data), rest, what)
-        if offset == 0:
-            self._cache.put((ns, oid), data)
         return data
 
     async def _read(self, ns, oid, offset, length, what) -> bytes:
@@ -407,7 +392,6 @@ class RadosObjectStore(ObjectStore):
         return meta
 
     async def delete(self, ns: str, oid: str) -> None:
-        self._cache.discard((ns, oid))
         io = self._io(ns)
         await self._aio.submit(f"rados delete {ns}/{oid}", lambda cb: io.aio_remove(oid, oncomplete=cb),
                                ok_errnos={errno.ENOENT})

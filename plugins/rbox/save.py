@@ -1,5 +1,15 @@
-"""Saving into an rbox mailbox: write each object (in parallel, while more arrive), then make
-them visible with one index commit.  Also the shared pieces of COPY: references and keywords."""
+"""Saving into an rbox mailbox: write each object (in parallel, while more arrive), and make
+them visible with one index commit.  Also the shared pieces of COPY: references and keywords.
+
+With ``[rbox] parallel_commit`` the index commit does not wait for the objects: both are
+written at once, and the save returns (the delivery is acknowledged) only when both are
+durable.  A crash in between can leave a durable index record whose object never arrived:
+nothing acknowledged is lost, readers report that message unavailable, and ``force-resync``
+drops the record (docs/storage-format.md).  A put that fails after the record is durable is
+undone by an expunge of its UID.  Messages over PARALLEL_MAX_SIZE are written first, as
+without the option: their put takes long enough that other servers would see the record
+well before the object.
+"""
 
 from __future__ import annotations
 
@@ -19,6 +29,9 @@ from mailserver.storage.index import cache as C
 from mailserver.storage.index import records as R
 
 log = Logger(namespace="mailserver.rbox")
+
+PARALLEL_MAX_SIZE = 1 << 20      # larger messages: object first, then the index record
+WITHDRAW_WATCH = 600.0           # seconds a failed parallel save watches for its late record
 
 
 def cache_fields(analysis) -> dict[int, bytes]:
@@ -158,13 +171,52 @@ class RboxSave(api.SaveTransaction):
         if not self._pending:
             st = self._index.state if self._index else None
             return api.SaveResult(st.uidvalidity if st else 0, ())
-        results = await defer.DeferredList([d for _, d in self._pending], consumeErrors=True)
-        failures = [r for ok, r in results if not ok]
-        if failures:
-            await self._remove_objects()
-            err = failures[0].value
-            raise err if isinstance(err, StorageError) else StorageError(ErrorKind.TEMPORARY, str(err))
         msgs = [m for m, _ in self._pending]
+        puts = [d for _, d in self._pending]
+        parallel = (self.storage.config.rbox.parallel_commit
+                    and sum(m["size"] for m in msgs) <= PARALLEL_MAX_SIZE)
+        if not parallel:
+            await self._objects_written(puts)
+        ns = self.user.namespace
+        for m in msgs:   # readers here get the body from memory (and wait for a pending put)
+            self.storage.bodies.put((ns, m["oid"]), m["data"])
+        # If the commit fails its objects stay: the record may have reached the log before the
+        # failure, and an unreferenced object is found and handled by `rbox gc`/force-resync.
+        commit = self.storage.track(defer.Deferred.fromCoroutine(
+            self._index.commit(self._build(msgs), also_append=self._cache_writes)))
+        if not parallel:
+            uidvalidity, uids = await commit
+            return api.SaveResult(uidvalidity, uids)
+        outcome = await defer.DeferredList([commit] + puts, consumeErrors=True)
+        (committed, result), put_results = outcome[0], outcome[1:]
+        failed = [r for ok, r in put_results if not ok]
+        if failed:
+            # Refused, so it must not appear: take its records back (now if the commit is
+            # known to have landed; if the commit failed it may still land -- a call past its
+            # deadline -- so keep watching for a while).
+            for m in msgs:
+                self.storage.bodies.discard((ns, m["oid"]))
+            oids = [m["oid"] for m in msgs]
+            if committed:
+                try:
+                    await withdraw(self.storage, self._index, ns, oids, watch=0.0, give_up=0.0)
+                except StorageError:
+                    self.storage.in_background(withdraw(self.storage, self._index, ns, oids,
+                                                        watch=0.0, give_up=WITHDRAW_WATCH))
+            else:
+                self.storage.in_background(withdraw(self.storage, self._index, ns, oids,
+                                                    watch=WITHDRAW_WATCH, give_up=WITHDRAW_WATCH))
+            err = failed[0].value
+            raise err if isinstance(err, StorageError) else StorageError(ErrorKind.TEMPORARY, str(err))
+        if not committed:    # the objects stay, as above
+            for m in msgs:
+                self.storage.bodies.discard((ns, m["oid"]))
+            err = result.value
+            raise err if isinstance(err, StorageError) else StorageError(ErrorKind.TEMPORARY, str(err))
+        uidvalidity, uids = result
+        return api.SaveResult(uidvalidity, uids)
+
+    def _build(self, msgs):
         limit = self.storage.config.storage.max_keywords
 
         def build(state):
@@ -176,14 +228,16 @@ class RboxSave(api.SaveTransaction):
                                                  m["guid"], m["oid"], ""))
             recs = table.new_records + [R.Append(state.highestmodseq + 1, new_messages)]
             return recs, (state.uidvalidity, tuple(m.uid for m in new_messages))
+        return build
 
-        # If the commit fails its objects stay: the record may have reached the log before the
-        # failure, and an unreferenced object is found and handled by `rbox gc`/force-resync.
-        commit = defer.Deferred.fromCoroutine(self._index.commit(build, also_append=self._cache_writes))
-        uidvalidity, uids = await self.storage.track(commit)
-        for m in msgs:
-            self.storage.bodies.put((self.user.namespace, m["oid"]), m["data"])
-        return api.SaveResult(uidvalidity, uids)
+    async def _objects_written(self, puts) -> None:
+        """Wait for the puts; if one failed, remove the objects and raise its error."""
+        results = await defer.DeferredList(puts, consumeErrors=True)
+        failures = [r for ok, r in results if not ok]
+        if failures:
+            await self._remove_objects()
+            err = failures[0].value
+            raise err if isinstance(err, StorageError) else StorageError(ErrorKind.TEMPORARY, str(err))
 
     async def rollback(self) -> None:
         if not self._done:
@@ -196,3 +250,46 @@ class RboxSave(api.SaveTransaction):
         await defer.DeferredList(
             [defer.Deferred.fromCoroutine(objects.delete(self.user.namespace, m["oid"]))
              for m, _ in self._pending], consumeErrors=True)
+
+
+async def withdraw(storage, index, ns: str, oids: list[str], watch: float, give_up: float) -> None:
+    """Expunge the index records of a refused save (found by object id) and drop its objects.
+
+    Repeats, with growing pauses, for ``watch`` seconds (a commit that timed out may land
+    later) and, while the index cannot be reached, for up to ``give_up`` seconds; raises
+    StorageError if it never reached the index.  Records it could not expunge are reported
+    unavailable by readers; force-resync drops them.
+    """
+    from twisted.internet import reactor, task
+    wanted = set(oids)
+
+    def build(state):
+        gone = [uid for uid, oid in zip(state.uids, state.oids) if oid in wanted]
+        if not gone:
+            return None
+        return [R.Expunge(state.highestmodseq + 1, R.ranges_of(gone))], gone
+
+    start = reactor.seconds()
+    delay = 0.5
+    reached = False
+    while True:
+        try:
+            await index.refresh()
+            gone = await storage.track(defer.Deferred.fromCoroutine(index.commit(build)))
+            reached = True
+            if gone:
+                log.warn("withdrew uids {uids} of {dir}: their objects were not written", uids=gone,
+                         dir=index.dir)
+        except StorageError as e:
+            error = e
+        elapsed = reactor.seconds() - start
+        if (reached and elapsed >= watch) or (not reached and elapsed >= give_up):
+            break
+        await task.deferLater(reactor, delay, lambda: None)
+        delay = min(delay * 2, 5.0)
+    await defer.DeferredList([defer.Deferred.fromCoroutine(storage.objects.remove_ref(ns, oid, ""))
+                              for oid in oids], consumeErrors=True)
+    if not reached:
+        log.error("could not withdraw the records of a failed save in {dir} ({e}); if they "
+                  "appear, force-resync drops them", dir=index.dir, e=error.detail)
+        raise error

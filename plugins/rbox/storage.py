@@ -15,6 +15,7 @@ import uuid
 from collections import OrderedDict
 
 from twisted.internet import defer, task
+from twisted.python.failure import Failure
 from twisted.logger import Logger
 
 from mailserver import plugins
@@ -25,6 +26,8 @@ from mailserver.storage.index.mailbox_list import MailboxList
 from mailserver.storage.paths import safe_component
 from plugins.rbox import checkpoint
 from plugins.rbox.bodycache import BodyCache
+from plugins.rbox.diskcache import DirectoryCache
+from plugins.rbox.pending import WritesFirst
 
 log = Logger(namespace="mailserver.rbox")
 
@@ -34,7 +37,9 @@ KEEP_INDEXES = 200      # mailbox indexes kept loaded after their last session c
 class RboxStorage(api.MailStorage):
     def __init__(self, config, objects, index_store):
         self.config = config
-        self.objects = objects
+        if config.rbox.body_cache_dir:
+            objects = DirectoryCache(objects, config.rbox.body_cache_dir, config.rbox.body_cache_dir_bytes)
+        self.objects = WritesFirst(objects)   # reads wait for a put in flight (parallel_commit)
         self.index_store = index_store
         self.bodies = BodyCache(config.rbox.body_cache_bytes)
         self.prefetch = config.rbox.prefetch
@@ -42,6 +47,7 @@ class RboxStorage(api.MailStorage):
         self._indexes: OrderedDict[str, MailboxIndex] = OrderedDict()
         self._index_loading: dict[str, list] = {}
         self._inflight: set[defer.Deferred] = set()
+        self._background: set[defer.Deferred] = set()   # repairs; cancelled at stop
         self.user_locks: set[tuple[str, str]] = set()     # (user, lock name) held by this process
         self._checkpointer: task.LoopingCall | None = None
 
@@ -64,6 +70,8 @@ class RboxStorage(api.MailStorage):
     async def stop(self) -> None:
         if self._checkpointer is not None and self._checkpointer.running:
             self._checkpointer.stop()
+        for d in list(self._background):
+            d.cancel()
         while self._inflight:   # writes may start while earlier ones finish: wait them all out
             log.info("waiting for {n} in-flight writes", n=len(self._inflight))
             await defer.DeferredList(list(self._inflight), consumeErrors=True)
@@ -86,6 +94,17 @@ class RboxStorage(api.MailStorage):
             return result
         d.addBoth(done)
         return d
+
+    def in_background(self, coro) -> None:
+        """Run a repair coroutine nobody waits for (cancelled at stop, failures logged)."""
+        d = defer.Deferred.fromCoroutine(coro)
+        self._background.add(d)
+
+        def done(result):
+            self._background.discard(d)
+            if isinstance(result, Failure) and not result.check(defer.CancelledError, StorageError):
+                log.failure("background storage repair failed", result)
+        d.addBoth(done)
 
     async def open_user(self, username: str) -> "RboxUser":
         user = self._users.get(username)

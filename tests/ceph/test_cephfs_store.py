@@ -284,3 +284,46 @@ async def test_unmountable_cluster_fails_start_promptly(ceph_cluster, tmp_path):
     err = await expect_error(ErrorKind.TEMPORARY, store.start())
     assert time.monotonic() - t < 8
     assert f"cannot mount CephFS at {conf}" in err.detail
+
+
+@pytest_twisted.ensureDeferred
+async def test_lease_is_given_back_to_another_process(ceph_cluster, make_cephfs_store):
+    """A process committing without pause keeps its flock as a lease between commits, yet
+    another process waiting for the lock gets it within LEASE_MAX_HOLD leases; the commits
+    wait meanwhile and none is lost or reordered."""
+    from plugins.cephfs.store import LEASE_MAX_HOLD
+    lease = 0.4
+    store = await make_cephfs_store(lock_lease=lease)
+    log = "alice/INBOX/log"
+    written = []
+    stop = []
+
+    async def commit_forever():
+        offset = 0
+        n = 0
+        while not stop:
+            record = b"record %d\n" % n
+            assert await store.append_at_durable(log, offset, record, lock=log) == (True, None)
+            written.append(record)
+            offset += len(record)
+            n += 1
+
+    committer = defer.Deferred.fromCoroutine(commit_forever())
+    await task.deferLater(reactor, 0.5, lambda: None)
+    assert written                                        # committing, lease held between commits
+    holder = LockHolder(ceph_cluster.conf_path, store.root, log)
+    try:
+        t = time.monotonic()
+        assert await holder.line() == "locked"
+        assert time.monotonic() - t < LEASE_MAX_HOLD * lease + 5     # not starved
+        count = len(written)
+        await task.deferLater(reactor, 0.5, lambda: None)
+        assert len(written) == count                      # our commits wait while it holds the lock
+        await holder.finish()
+    finally:
+        await holder.close()
+    await task.deferLater(reactor, 0.5, lambda: None)
+    stop.append(True)
+    await committer
+    assert len(written) > count                           # and resume once it let go
+    assert await store.read(log) == b"".join(written)

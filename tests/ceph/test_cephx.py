@@ -93,8 +93,7 @@ async def test_unknown_client_and_missing_caps(cephx_cluster):
 async def test_driver_discovers_and_respects_the_osd_limits(cephx_cluster):
     """The OSDs here take at most 4 MB per write and 12 MiB per object (their ceph.conf)."""
     import os
-    admin = RadosObjectStore(ceph_conf=cephx_cluster.conf_path, pool="mailx", op_timeout=5,
-                             body_cache_bytes=0)
+    admin = RadosObjectStore(ceph_conf=cephx_cluster.conf_path, pool="mailx", op_timeout=5)
     await admin.start()
     try:
         assert admin.max_write_size == 4 << 20
