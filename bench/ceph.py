@@ -10,7 +10,9 @@ Prints, per round (medians at the end):
   fraction of the raw read rate, then again after a restart, from the directory body cache
   (`[rbox] body_cache_dir`) the first FETCH filled;
 - SELECT plus `FETCH 1:* (UID FLAGS RFC822.SIZE ENVELOPE)` on a 10,000-message mailbox after a
-  restart, with the number of RADOS reads it caused in the mail pool (target: zero).
+  restart, with the number of RADOS reads it caused in the mail pool (target: zero), from the
+  pool statistics once settled, and the OSD's own count of client reads over all pools (exact,
+  and an upper bound: it includes the CephFS reads of the index itself).
 With --baseline, the LMTP deliveries are also run, in the same round, against a second server
 with the serial commit path (`[rbox] parallel_commit = false`, `[cephfs] lock_lease = 0`:
 object first, then a flock, append, fsync and unlock per commit), as `base_lmtp_*`.
@@ -33,7 +35,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from bench.common import corpus, deliver  # noqa: E402
 from bench.rados_store import SIZE, raw_reads, raw_writes  # noqa: E402
 from mailserver.devceph import DevCeph  # noqa: E402
-from tests.harness import RunningServer, ceph_config, pool_read_ops  # noqa: E402
+from tests.harness import RunningServer, ceph_config, osd_read_ops, pool_read_ops  # noqa: E402
 
 POOL = "benchmail"
 
@@ -101,9 +103,11 @@ def run_round(cluster, base: str, args) -> dict:
         res["big_delivery"] = st["messages"] / st["seconds"]
         server.restart()                       # cold: nothing loaded, body cache empty
         before = pool_read_ops(cluster.conf_path, POOL)
+        osd_before = osd_read_ops(cluster.directory)
         t_select, t_meta, count = imap_timed(server, big_user, big_pw, "FETCH", "1:* (UID FLAGS RFC822.SIZE ENVELOPE)")
         res["select_ms"] = t_select * 1000
         res["meta_fetch_ms"] = t_meta * 1000
+        res["meta_osd_reads"] = osd_read_ops(cluster.directory) - osd_before
         res["meta_rados_reads"] = pool_read_ops(cluster.conf_path, POOL) - before
         assert count == args.big_mailbox
         server.restart()

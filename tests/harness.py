@@ -134,6 +134,16 @@ class RunningServer:
         return self.ports["lmtp"]
 
 
+def osd_read_ops(cluster_dir: str, osd: int = 0) -> int:
+    """Client read operations the OSD has served so far, all pools together, from its admin
+    socket. Counted as each read is served, unlike the pool statistics (see pool_read_ops),
+    which reach the manager only when the OSD publishes them: seconds later, and in a cluster's
+    first moments sometimes not at all, so a reading of zero there can be vacuous."""
+    out = subprocess.run(["ceph", "--admin-daemon", f"{cluster_dir}/run/osd.{osd}.asok", "perf", "dump"],
+                         capture_output=True, text=True, check=True).stdout
+    return int(json.loads(out)["osd"]["op_r"])
+
+
 def pool_read_ops(conf: str, pool: str) -> int:
     """Read operations a RADOS pool has served, once the counter has settled: OSDs report
     their statistics every few seconds, so a value is taken when two readings 6 s apart
