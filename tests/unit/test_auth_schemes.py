@@ -113,6 +113,19 @@ def test_bcrypt_uses_first_72_bytes_like_crypt_blowfish():
     assert schemes.verify(schemes.hash_password("BLF-CRYPT", "b" * 100), "b" * 100)
 
 
+def test_sha_crypt_is_checked_by_the_c_library(monkeypatch):
+    # passlib's SHA-crypt is pure Python here, twice the cost under the GIL: it is only the
+    # fallback where crypt(3) is missing.
+    stored = schemes.hash_password("SHA512-CRYPT", "secret")
+    if schemes._c_crypt(b"secret", stored.split("}", 1)[1]) is None:
+        pytest.skip("no crypt(3) in this Python")
+    def passlib_used(*args, **kwargs):
+        raise AssertionError("passlib's pure-Python SHA-crypt was used")
+    monkeypatch.setattr(schemes._ph.sha512_crypt, "verify", passlib_used)
+    assert schemes.verify(stored, "secret")
+    assert not schemes.verify(stored, "wrong")
+
+
 def test_empty_password_hashes():
     assert schemes.verify("{PLAIN-MD5}d41d8cd98f00b204e9800998ecf8427e", "")
     assert not schemes.verify("{PLAIN}", "x")
