@@ -107,8 +107,22 @@ def _config(args) -> int:
         return 0
     cfg = _load_config(args.config)
     print(f"# {args.config}: valid")
-    print(json.dumps(cfg.as_dict(), indent=2, sort_keys=True))
+    print(json.dumps(_without_secrets(cfg.as_dict()), indent=2, sort_keys=True))
     return 0
+
+
+_SECRET_KEYS = ("password", "secret")
+
+
+def _without_secrets(value):
+    """The configuration as printed: a secret (LDAP bind_password, OAuth2 client_secret...) set
+    in the file is shown as "<hidden>", since the output lands in terminals, tickets and logs."""
+    if isinstance(value, dict):
+        return {k: "<hidden>" if isinstance(v, str) and v and k.endswith(_SECRET_KEYS) else _without_secrets(v)
+                for k, v in value.items()}
+    if isinstance(value, list):
+        return [_without_secrets(v) for v in value]
+    return value
 
 
 def _pw(args) -> int:

@@ -59,6 +59,20 @@ def test_config_check_command_exits_nonzero(tmp_path):
     assert ok.returncode == 0 and '"format": "rbox"' in ok.stdout
 
 
+def test_config_check_hides_secrets(tmp_path):
+    conf = tmp_path / "secret.toml"
+    conf.write_text(f'[server]\nstate_dir = "{tmp_path}"\n\n'
+                    '[[auth.passdb]]\ndriver = "ldap"\nuris = ["ldap://127.0.0.1"]\nbase = "dc=example,dc=org"\n'
+                    'bind_dn = "cn=reader,dc=example,dc=org"\nbind_password = "ldap-s3cret"\n\n'
+                    '[auth.oauth2]\nintrospection_url = "https://sso.example.org/introspect"\n'
+                    'client_id = "mailserver"\nclient_secret = "oauth-s3cret"\n')
+    run = subprocess.run([sys.executable, "-m", "mailserver", "config", "check", "--config", str(conf)],
+                         capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    assert "s3cret" not in run.stdout
+    assert run.stdout.count('"<hidden>"') == 2 and "cn=reader,dc=example,dc=org" in run.stdout
+
+
 def test_every_key_is_documented():
     from pathlib import Path
     doc = Path("docs/configuration.md").read_text()
