@@ -95,6 +95,11 @@ class ObjectStore(abc.ABC):
         """An object's immutable metadata.  NOT_FOUND if missing."""
 
     @abc.abstractmethod
+    async def mtime(self, ns: str, oid: str) -> float:
+        """When an object was last written (seconds since the epoch), complete or not: gc ages
+        by it what a write that never finished left behind.  NOT_FOUND if missing."""
+
+    @abc.abstractmethod
     async def add_ref(self, ns: str, oid: str, ref: str) -> None:
         """Record one more reference to an object (durable on return).  NOT_FOUND if missing."""
 

@@ -209,6 +209,9 @@ class LocalObjectStore(ObjectStore):
     async def get_meta(self, ns: str, oid: str) -> dict[str, str]:
         return await self._run(self._read, self._path(ns, oid), 0, None, True)
 
+    async def mtime(self, ns: str, oid: str) -> float:
+        return await self._run(lambda path: os.stat(path).st_mtime, self._path(ns, oid))
+
     # --- references ---------------------------------------------------------------------------
     @staticmethod
     def _update_refs(path: str, add: str | None, remove: str | None):

@@ -362,7 +362,7 @@ class RadosObjectStore(ObjectStore):
         # requested length per read, so asking for max_object_size would be wasteful.)
         data = await self._read(ns, oid, offset, FIRST_READ, what)
         if len(data) == FIRST_READ:
-            size = await self._stat(ns, oid, what)
+            size = (await self._stat(ns, oid, what))[0]
             rest = size - offset - len(data)
             if rest > 0:
                 data += await self._read(ns, oid, offset + len(data), rest, what)
@@ -377,10 +377,11 @@ class RadosObjectStore(ObjectStore):
         data = payload[0]
         return data if len(data) == rv else data[:rv]
 
-    async def _stat(self, ns, oid, what) -> int:
+    async def _stat(self, ns, oid, what) -> tuple:
+        """(size, mtime as python-rados gives it: time.localtime of the object's mtime)."""
         io = self._io(ns)
         _, payload = await self._aio.submit(what, lambda cb: io.aio_stat(oid, cb))
-        return payload[0]
+        return payload
 
     async def get_meta(self, ns: str, oid: str) -> dict[str, str]:
         def xattrs(io, ns, oid):
@@ -390,6 +391,9 @@ class RadosObjectStore(ObjectStore):
         if META_VERSION not in meta:
             raise StorageError(ErrorKind.NOT_FOUND, f"rados: {ns}/{oid} is incomplete (no {META_VERSION} xattr)")
         return meta
+
+    async def mtime(self, ns: str, oid: str) -> float:
+        return time.mktime((await self._stat(ns, oid, f"rados stat {ns}/{oid}"))[1])
 
     async def delete(self, ns: str, oid: str) -> None:
         io = self._io(ns)
@@ -453,7 +457,7 @@ class RadosObjectStore(ObjectStore):
         try:
             data = await self._read(ns, oid, 0, FIRST_READ, what)
             if len(data) == FIRST_READ:
-                size = await self._stat(ns, oid, what)
+                size = (await self._stat(ns, oid, what))[0]
                 if size > len(data):
                     data += await self._read(ns, oid, len(data), size - len(data), what)
         except StorageError as e:

@@ -51,18 +51,22 @@ class ObjectInfo:
     refs: set
 
 
-async def scan_objects(objects, ns: str) -> dict[str, ObjectInfo]:
+async def scan_objects(objects, ns: str, incomplete: list | None = None) -> dict[str, ObjectInfo]:
     """Every mail object of a namespace with its metadata and references.  An object without
-    the version key was never completely written: it is reported and left for gc."""
+    the version key was never completely written (a crash during a write in parts): it is
+    reported, appended to ``incomplete`` if given, and left for gc."""
     oids = await objects.list(ns)
     metas = await gather_bounded([lambda o=o: objects.get_meta(ns, o) for o in oids])
     refs = await gather_bounded([lambda o=o: objects.refs(ns, o) for o in oids])
     out = {}
     for oid, meta, ref in zip(oids, metas, refs):
-        if isinstance(meta, Exception) or isinstance(ref, Exception):
-            continue
-        if drivers.META_VERSION not in meta:
+        listed_without_meta = isinstance(meta, StorageError) and meta.kind is ErrorKind.NOT_FOUND
+        if listed_without_meta or (isinstance(meta, dict) and drivers.META_VERSION not in meta):
             log.warn("object {oid} in {ns} is incomplete (no version key)", oid=oid, ns=ns)
+            if incomplete is not None:
+                incomplete.append(oid)
+            continue
+        if isinstance(meta, Exception) or isinstance(ref, Exception):
             continue
         out[oid] = ObjectInfo(oid, meta, ref)
     return out
@@ -245,7 +249,7 @@ async def gc(storage, dry_run: bool = False, grace: float | None = None) -> dict
     grace = storage.config.rbox.gc_grace if grace is None else grace
     suffix = storage.config.rbox.namespace_suffix
     now = time.time()
-    report = {"users": 0, "removed": 0, "young": 0, "refs_removed": 0}
+    report = {"users": 0, "removed": 0, "young": 0, "refs_removed": 0, "incomplete_removed": 0}
     for ns in await objects.list_namespaces():
         if suffix and not ns.endswith(suffix):
             continue
@@ -260,7 +264,8 @@ async def gc(storage, dry_run: bool = False, grace: float | None = None) -> dict
             for oid, ref in zip(st.oids, st.refs):
                 wanted.setdefault(oid, set()).add(ref)
         report["users"] += 1
-        for o in (await scan_objects(objects, ns)).values():
+        incomplete: list[str] = []
+        for o in (await scan_objects(objects, ns, incomplete)).values():
             refs = wanted.get(o.oid)
             if refs is None:
                 saved = int(o.meta.get(drivers.META_SAVE_DATE, "0"))
@@ -275,6 +280,19 @@ async def gc(storage, dry_run: bool = False, grace: float | None = None) -> dict
                 report["refs_removed"] += 1
                 if not dry_run:
                     await objects.remove_ref(ns, o.oid, ref)
+        for oid in incomplete:
+            try:
+                written = await objects.mtime(ns, oid)
+            except StorageError as e:
+                if e.kind is ErrorKind.NOT_FOUND:
+                    continue                # finished and removed meanwhile
+                raise
+            if now - written < grace:       # its writer may still be sending the parts
+                report["young"] += 1
+                continue
+            report["incomplete_removed"] += 1
+            if not dry_run:
+                await objects.delete(ns, oid)
     log.info("rbox gc{dry}: {report}", dry=" (dry run)" if dry_run else "", report=report)
     return report
 

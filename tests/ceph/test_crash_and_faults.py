@@ -292,3 +292,45 @@ def test_record_whose_object_is_gone_is_unavailable_until_force_resync(tmp_path,
         assert len(message_ids(server, user, pw)) == 1
     finally:
         server.stop()
+
+
+@pytest.mark.ceph
+def test_gc_removes_what_a_crashed_write_in_parts_left_after_grace(tmp_path, request):
+    """A crash between the parts of a big message's write leaves an object with data and no
+    metadata: never a mail, and `rbox gc` removes it once it is older than the grace period."""
+    import rados
+    cluster = request.getfixturevalue("ceph_cluster")
+    server = RunningServer(str(tmp_path / "server"), users=2, extra_config=ceph_config(
+        cluster.conf_path, uuid.uuid4().hex[:8], pool="gctest"))
+    server.start()
+    try:
+        user, pw = server.new_user()
+        with smtplib.LMTP(server.host, server.lmtp_port) as lmtp:
+            assert lmtp.sendmail("crash@example.org", [user], MSG.format(n=1).encode()) == {}
+        server.stop()
+        conn = rados.Rados(conffile=cluster.conf_path)
+        conn.connect()
+        try:
+            io = conn.open_ioctx("gctest")
+            io.set_namespace(user + "_namespace")
+            partial = uuid.uuid4().hex
+            io.write_full(partial, b"From: big@example.org\r\n\r\nthe first part only")
+
+            young = mailserver_cli(server, "rbox", "gc", "--grace", "3600")
+            assert young.returncode == 0, young.stderr
+            report = json.loads(young.stdout)
+            assert report["incomplete_removed"] == 0 and report["young"] == 1, report
+            assert partial in {o.key for o in io.list_objects()}
+
+            gc = mailserver_cli(server, "rbox", "gc", "--grace", "0")
+            assert gc.returncode == 0, gc.stderr
+            report = json.loads(gc.stdout)
+            assert report["incomplete_removed"] == 1 and report["removed"] == 0, report
+            assert partial not in {o.key for o in io.list_objects()}
+            io.close()
+        finally:
+            conn.shutdown()
+        server.start()
+        assert message_ids(server, user, pw) == [b"1"]
+    finally:
+        server.stop()
