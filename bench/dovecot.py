@@ -19,11 +19,29 @@ def free_port() -> int:
 
 
 class Dovecot:
-    def __init__(self, base: str, users: list[tuple[str, str]]):
+    """One Dovecot instance.  By default: plaintext listeners only, the users in a passwd-file
+    with ``{PLAIN}`` passwords, Dovecot's built-in defaults for every service.  Options (all off
+    by default, so existing callers get the same configuration):
+
+    ``tls``        (cert, key) PEM paths: ``ssl = yes`` and an implicit-TLS IMAP listener
+                   (``ports["imaps"]``) besides the plaintext ones
+    ``stored``     user -> password field for the passwd-file (``{SHA512-CRYPT}$6$...``)
+                   instead of ``{PLAIN}password``
+    ``passdb``     a whole ``passdb { ... }`` block replacing the passwd-file one (e.g. LDAP)
+    ``imap_login`` lines added inside ``service imap-login { }`` (e.g. ``service_count = 0``)
+    ``extra``      lines appended to the configuration (limits, protocol sections)
+    """
+
+    def __init__(self, base: str, users: list[tuple[str, str]], *, tls: tuple[str, str] | None = None,
+                 stored: dict[str, str] | None = None, passdb: str | None = None, imap_login: str = "",
+                 extra: str = ""):
         if not shutil.which("dovecot"):
             raise RuntimeError("dovecot is not installed: apt-get install dovecot-imapd dovecot-pop3d dovecot-lmtpd")
         self.base = base
         self.ports = {"imap": free_port(), "pop3": free_port(), "lmtp": free_port()}
+        if tls:
+            self.ports["imaps"] = free_port()
+        stored = stored or {}
         self.conf = os.path.join(base, "dovecot.conf")
         os.makedirs(os.path.join(base, "run"), exist_ok=True)
         for d in (base, os.path.dirname(base)):
@@ -32,7 +50,12 @@ class Dovecot:
         shutil.chown(os.path.join(base, "mail"), "nobody", "nogroup")   # mail is stored as nobody
         with open(os.path.join(base, "passwd"), "w") as f:
             for user, pw in users:
-                f.write(f"{user}:{{PLAIN}}{pw}::::::\n")
+                field = stored.get(user) or f"{{PLAIN}}{pw}"
+                f.write(f"{user}:{field}::::::\n")
+        if passdb is None:
+            passdb = f"passdb {{\n  driver = passwd-file\n  args = {base}/passwd\n}}"
+        ssl = f"ssl = yes\nssl_cert = <{tls[0]}\nssl_key = <{tls[1]}" if tls else "ssl = no"
+        imaps_port = self.ports.get("imaps", 0)
         with open(self.conf, "w") as f:
             f.write(f"""
 base_dir = {base}/run
@@ -40,17 +63,14 @@ state_dir = {base}/state
 log_path = {base}/dovecot.log
 protocols = imap pop3 lmtp
 listen = 127.0.0.1
-ssl = no
+{ssl}
 disable_plaintext_auth = no
 auth_mechanisms = plain
 first_valid_uid = 1
 mail_location = maildir:{base}/mail/%u
 default_login_user = dovenull
 default_internal_user = dovecot
-passdb {{
-  driver = passwd-file
-  args = {base}/passwd
-}}
+{passdb}
 userdb {{
   driver = static
   args = uid=nobody gid=nogroup home={base}/mail/%u
@@ -60,8 +80,9 @@ service imap-login {{
     port = {self.ports['imap']}
   }}
   inet_listener imaps {{
-    port = 0
+    port = {imaps_port}
   }}
+{imap_login}
 }}
 service pop3-login {{
   inet_listener pop3 {{
@@ -80,6 +101,7 @@ service lmtp {{
 protocol lmtp {{
   postmaster_address = postmaster@example.org
 }}
+{extra}
 """)
         self.proc: subprocess.Popen | None = None
 
@@ -91,6 +113,8 @@ protocol lmtp {{
             try:
                 socket.create_connection(("127.0.0.1", self.ports["lmtp"]), 0.5).close()
                 socket.create_connection(("127.0.0.1", self.ports["imap"]), 0.5).close()
+                if "imaps" in self.ports:
+                    socket.create_connection(("127.0.0.1", self.ports["imaps"]), 0.5).close()
                 return
             except OSError:
                 if self.proc.poll() is not None:
