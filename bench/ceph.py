@@ -12,7 +12,8 @@ Prints, per round (medians at the end):
 - SELECT plus `FETCH 1:* (UID FLAGS RFC822.SIZE ENVELOPE)` on a 10,000-message mailbox after a
   restart, with the number of RADOS reads it caused in the mail pool (target: zero), from the
   pool statistics once settled, and the OSD's own count of client reads over all pools (exact,
-  and an upper bound: it includes the CephFS reads of the index itself).
+  and an upper bound: it includes the CephFS reads of the index itself); then the mail-pool
+  reads of the LOGOUT, which writes the mailbox's checkpoint after reading the old one.
 With --baseline, the LMTP deliveries are also run, in the same round, against a second server
 with the serial commit path (`[rbox] parallel_commit = false`, `[cephfs] lock_lease = 0`:
 object first, then a flock, append, fsync and unlock per commit), as `base_lmtp_*`.
@@ -40,7 +41,10 @@ from tests.harness import RunningServer, ceph_config, osd_read_ops, pool_read_op
 POOL = "benchmail"
 
 
-def imap_timed(server, user, pw, command: str, args: str, uid: bool = False) -> tuple[float, int]:
+def imap_timed(server, user, pw, command: str, args: str, uid: bool = False,
+               before_logout=None) -> tuple[float, float, int]:
+    """(SELECT seconds, command seconds, messages); ``before_logout()`` is called while the
+    session is still open (a LOGOUT writes the mailbox's checkpoint, reading the old one)."""
     m = imaplib.IMAP4(server.host, server.imap_port)
     m.login(user, pw)
     t0 = time.perf_counter()
@@ -51,6 +55,8 @@ def imap_timed(server, user, pw, command: str, args: str, uid: bool = False) -> 
     typ, data = (m.uid(command, *args.split(" ", 1)) if uid else m.fetch(*args.split(" ", 1)))
     elapsed = time.perf_counter() - t0
     assert typ == "OK", data
+    if before_logout:
+        before_logout()
     m.logout()
     return t_select, elapsed, count
 
@@ -104,11 +110,18 @@ def run_round(cluster, base: str, args) -> dict:
         server.restart()                       # cold: nothing loaded, body cache empty
         before = pool_read_ops(cluster.conf_path, POOL)
         osd_before = osd_read_ops(cluster.directory)
-        t_select, t_meta, count = imap_timed(server, big_user, big_pw, "FETCH", "1:* (UID FLAGS RFC822.SIZE ENVELOPE)")
+        during = {}
+
+        def reads_so_far():
+            during["osd"] = osd_read_ops(cluster.directory)
+            during["pool"] = pool_read_ops(cluster.conf_path, POOL)
+        t_select, t_meta, count = imap_timed(server, big_user, big_pw, "FETCH", "1:* (UID FLAGS RFC822.SIZE ENVELOPE)",
+                                             before_logout=reads_so_far)
         res["select_ms"] = t_select * 1000
         res["meta_fetch_ms"] = t_meta * 1000
-        res["meta_osd_reads"] = osd_read_ops(cluster.directory) - osd_before
-        res["meta_rados_reads"] = pool_read_ops(cluster.conf_path, POOL) - before
+        res["meta_osd_reads"] = during["osd"] - osd_before
+        res["meta_rados_reads"] = during["pool"] - before
+        res["logout_rados_reads"] = pool_read_ops(cluster.conf_path, POOL) - during["pool"]
         assert count == args.big_mailbox
         server.restart()
         _, t_body, _ = imap_timed(server, big_user, big_pw, "FETCH", "1:1000 (BODY.PEEK[])", uid=True)
