@@ -4,7 +4,9 @@
 Mail objects are immutable, so a cached body never goes stale: a file here is the object's
 data, named by a hash of the namespace and the object id.  A read that misses is served by
 the store and then written here in the background (temporary file, rename; never synced: a
-file lost in a crash is only a miss).  Least recently used files go when the cap is passed.
+file lost in a crash is only a miss), gathered for FLUSH_DELAY seconds first so that the writes
+of a big FETCH's bodies do not compete with that FETCH (until written, they are served from
+memory).  Least recently used files go when the cap is passed.
 The directory is scanned at start (in a thread) so the cap holds across restarts.  All file
 I/O runs in the ``bodycache`` thread pool, never on the reactor.  Deleting an object removes
 its file here; on another host a file of a deleted object only ages out (object ids are
@@ -17,7 +19,7 @@ import hashlib
 import os
 from collections import OrderedDict
 
-from twisted.internet import defer
+from twisted.internet import defer, reactor
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -27,6 +29,8 @@ log = Logger(namespace="mailserver.rbox")
 
 POOL = "bodycache"
 TMP = ".tmp-"
+FLUSH_DELAY = 0.5               # seconds fresh bodies wait, gathered, before being written
+FLUSH_BYTES = 32 << 20          # ... unless this much is waiting
 
 
 def _scan(root: str) -> list[tuple[float, str, int]]:
@@ -87,6 +91,11 @@ class DirectoryCache:
         self._files: OrderedDict[str, int] = OrderedDict()    # name -> size, oldest first
         self._writes: set[defer.Deferred] = set()
         self._writing: set[str] = set()     # names whose file is not written yet
+        self._waiting: dict[str, bytes] = {}    # name -> body, gathered for the next flush
+        self._waiting_bytes = 0
+        self._doomed: list[str] = []        # files to remove at the next flush
+        self._flush_call = None
+        self._write_lock = defer.DeferredLock()    # one flush at a time, in order
         self.hits = self.misses = 0
 
     def __getattr__(self, name):
@@ -118,9 +127,14 @@ class DirectoryCache:
             await threads.call(POOL, _write_files, self.root, [], doomed)
 
     async def stop(self) -> None:
+        await self.flush()
+        await self.inner.stop()
+
+    async def flush(self) -> None:
+        """Write what is gathered now, and wait for every write in progress."""
+        self._flush()
         while self._writes:
             await defer.DeferredList(list(self._writes), consumeErrors=True)
-        await self.inner.stop()
 
     # --- reads ---------------------------------------------------------------------------------
 
@@ -150,34 +164,65 @@ class DirectoryCache:
         return found
 
     async def _lookup(self, names: list[str]) -> list[bytes | None]:
-        known = [name if name in self._files and name not in self._writing else None for name in names]
+        waiting = [self._waiting.get(name) for name in names]
+        known = [name if w is None and name in self._files and name not in self._writing else None
+                 for name, w in zip(names, waiting)]
         if not any(known):
-            self.misses += len(names)
-            return [None] * len(names)
+            self.hits += sum(w is not None for w in waiting)
+            self.misses += sum(w is None for w in waiting)
+            return waiting
         found = await threads.call(POOL, _read_files, self.root, known)
-        for name, data in zip(names, found):
+        found = [w if w is not None else f for w, f in zip(waiting, found)]
+        for name, on_disk, data in zip(names, known, found):
             if data is not None:
                 self.hits += 1
                 if name in self._files:
                     self._files.move_to_end(name)
             else:
                 self.misses += 1
-                self._forget(name)       # removed behind our back
+                if on_disk is not None:
+                    self._forget(name)       # removed behind our back
         return found
 
     # --- writes --------------------------------------------------------------------------------
 
     def _remember(self, items: list[tuple[str, bytes]]) -> None:
-        """Write freshly read bodies in the background; evict past the cap."""
+        """Gather freshly read bodies for a write in the background; evict past the cap."""
         items = [(n, d) for n, d in items if n not in self._files and len(d) <= self.max_bytes // 8]
         if not items:
             return
         for name, data in items:
             self._files[name] = len(data)
             self._writing.add(name)
+            self._waiting[name] = data
+            self._waiting_bytes += len(data)
             self.bytes += len(data)
-        doomed = self._evict()
-        d = threads.run(POOL, _write_files, self.root, items, doomed)
+        for name in self._evict():
+            self._unqueue(name)
+            self._doomed.append(name)
+        if self._waiting_bytes >= FLUSH_BYTES:
+            self._flush()
+        elif self._flush_call is None:
+            self._flush_call = reactor.callLater(FLUSH_DELAY, self._flush)
+
+    def _unqueue(self, name: str) -> None:
+        data = self._waiting.pop(name, None)
+        if data is not None:
+            self._waiting_bytes -= len(data)
+            self._writing.discard(name)
+
+    def _flush(self) -> None:
+        """One thread job writes what is gathered, after the job before it (they must not
+        reorder a removal and a rewrite of the same name)."""
+        if self._flush_call is not None:
+            if self._flush_call.active():
+                self._flush_call.cancel()
+            self._flush_call = None
+        if not self._waiting and not self._doomed:
+            return
+        items, doomed = list(self._waiting.items()), self._doomed
+        self._waiting, self._waiting_bytes, self._doomed = {}, 0, []
+        d = self._write_lock.run(threads.run, POOL, _write_files, self.root, items, doomed)
         self._writes.add(d)
 
         def done(result):
@@ -208,9 +253,9 @@ class DirectoryCache:
         name = self._name(ns, oid)
         if name in self._files:
             self._forget(name)
-            d = threads.run(POOL, _write_files, self.root, [], [name])
-            self._writes.add(d)
-            d.addBoth(lambda _: self._writes.discard(d))
+            self._unqueue(name)
+            self._doomed.append(name)
+            self._flush()
 
     async def remove_ref(self, ns: str, oid: str, ref: str) -> bool:
         deleted = await self.inner.remove_ref(ns, oid, ref)

@@ -125,8 +125,7 @@ async def test_directory_cache_serves_bodies_without_rados_reads(ceph_cluster, m
     assert got[:6] == list(bodies.values())
     assert isinstance(got[6], StorageError) and got[6].kind is ErrorKind.NOT_FOUND
     assert cache.misses == 7 and cache.hits == 0
-    while cache._writes:                                  # written in the background
-        await defer.DeferredList(list(cache._writes))
+    await cache.flush()                                   # written in the background
 
     again = DirectoryCache(store, str(tmp_path / "bodies"), max_bytes=10 * len(BODY))
     await again.load()
