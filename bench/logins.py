@@ -20,8 +20,9 @@ Servers: ours (``mailserver serve``, tests/harness.py) and Dovecot 2.3 from Debi
 connection (service_count = 1), no auth cache.  ``--dovecot-performance-mode`` adds a second
 baseline, Dovecot with ``service imap-login { service_count = 0; process_min_avail = <cores> }``
 (long-lived login processes, each serving many connections).  Every server runs on loopback
-with its own temporary directory, the same users and the same self-signed certificate
-(``--key-type``: RSA 2048, the default, or ECDSA P-256, made with ``cryptography``), and logs at
+with its own temporary directory, the same users and the same certificate from a throwaway CA
+(``--key-type``: RSA 2048, the default, or ECDSA P-256; tests.authtls_support.Certificates, the
+one the TLS tests use), and logs at
 its usual level (ours: info, JSON lines to a file, as ``serve`` logs when stderr is not a
 terminal; Dovecot: its default, to a file).  The userdb is static for Dovecot; ours answers from
 its passdbs (it does no userdb lookup at IMAP login).
@@ -76,7 +77,7 @@ if ROOT not in sys.path:
 from bench.common import cpu_seconds  # noqa: E402
 from bench.dovecot import Dovecot  # noqa: E402
 from tests import slapd as slapd_mod  # noqa: E402
-from tests.authtls_support import ConfiguredServer  # noqa: E402
+from tests.authtls_support import Certificates, ConfiguredServer  # noqa: E402
 
 SCHEMES = ("PLAIN", "SHA512-CRYPT", "SHA256-CRYPT", "BLF-CRYPT", "ARGON2ID", "SSHA512")
 ROWS = ("tls-only",) + SCHEMES + ("ldap-lookup", "ldap-bind")
@@ -93,7 +94,7 @@ class SessionError(Exception):
 
 def client_context(cafile: str) -> ssl.SSLContext:
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    ctx.load_verify_locations(cafile)          # the self-signed certificate: we talk to the right server
+    ctx.load_verify_locations(cafile)          # the test CA: we talk to the right server
     return ctx
 
 
@@ -193,37 +194,6 @@ def drive(cafile: str, port: int, logins: list, seconds: float) -> dict:
 
 
 # --- set-up ------------------------------------------------------------------------------------------
-
-def make_certificate(directory: str, key_type: str) -> tuple[str, str]:
-    """A self-signed certificate for localhost / 127.0.0.1; returns (cert path, key path)."""
-    import ipaddress
-
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec, rsa
-    from cryptography.x509.oid import NameOID
-    key = rsa.generate_private_key(65537, 2048) if key_type == "rsa" else ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(days=1)).not_valid_after(now + datetime.timedelta(days=30))
-            .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost"),
-                                                         x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-                           critical=False)
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .sign(key, hashes.SHA256()))
-    cert_path, key_path = os.path.join(directory, "cert.pem"), os.path.join(directory, "key.pem")
-    with open(cert_path, "wb") as f:
-        f.write(cert.public_bytes(serialization.Encoding.PEM))
-    with open(key_path, "wb") as f:
-        f.write(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                  serialization.NoEncryption()))
-    os.chmod(directory, 0o755)
-    os.chmod(cert_path, 0o644)
-    os.chmod(key_path, 0o644)      # Dovecot's config process reads it as root; temporary anyway
-    return cert_path, key_path
-
 
 def mailserver_pw(scheme: str, password: str) -> str:
     """A ``{SCHEME}hash`` field from our CLI (``mailserver pw``)."""
@@ -401,7 +371,10 @@ def main() -> int:
         os.chmod(tmp, 0o755)
         tls_dir = os.path.join(tmp, "tls")
         os.makedirs(tls_dir)
-        cert, key = make_certificate(tls_dir, args.key_type)
+        certs = Certificates(tls_dir, key_type=args.key_type)
+        cert, key, cafile = certs.cert_path, certs.key_path, certs.ca_path
+        for path in (tls_dir, cert, key, cafile):
+            os.chmod(path, 0o644)      # Dovecot's config process reads them; temporary anyway
         if any(s != "passwd" for s in setups):
             entries = [slapd_mod.person(u, fields[u]) for u, _ in users["ldap-lookup"]]
             directory = slapd_mod.Slapd(os.path.join(tmp, "slapd"), entries)
@@ -423,7 +396,7 @@ def main() -> int:
                 inst = instances[(name, SETUP_OF[row])]
                 try:
                     for login in dict.fromkeys(users[row]):
-                        tls_seen[name] = session(client_context(cert), inst.port, login)
+                        tls_seen[name] = session(client_context(cafile), inst.port, login)
                 except (SessionError, OSError) as e:
                     failed[row] = f"{name} warm-up: {type(e).__name__}: {e}"
                     print(f"ROW {row} ABORTED: {failed[row]}\n--- {name} log tail ---\n{inst.describe()}",
@@ -439,7 +412,7 @@ def main() -> int:
                     continue
                 for name in order:
                     inst = instances[(name, SETUP_OF[row])]
-                    res = measure(inst, cert, users[row], args.seconds)
+                    res = measure(inst, cafile, users[row], args.seconds)
                     if res["errors"]:
                         failed[row] = f"{name}: {len(res['errors'])} of {args.clients} clients failed: {res['errors'][0]}"
                         print(f"ROW {row} ABORTED: {failed[row]}\n--- {name} log tail ---\n{inst.describe()}",

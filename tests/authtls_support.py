@@ -67,19 +67,23 @@ class ConfiguredServer(RunningServer):
 
 
 class Certificates:
-    """A trustme CA and a server certificate for localhost / 127.0.0.1 written to ``directory``."""
+    """A trustme CA and a server certificate for localhost / 127.0.0.1 written to ``directory``
+    (the CA's certificate too, as ``ca_path``); ``key_type``: "ec" or "rsa" (2048 bits)."""
 
-    def __init__(self, directory: str, name: str = "server"):
+    def __init__(self, directory: str, name: str = "server", key_type: str = "ec"):
         import trustme
-        self.ca = trustme.CA()
+        self.key_type = trustme.KeyType.RSA if key_type == "rsa" else trustme.KeyType.ECDSA
+        self.ca = trustme.CA(key_type=self.key_type)
         self.directory = directory
         self.cert_path = os.path.join(directory, f"{name}-chain.pem")
         self.key_path = os.path.join(directory, f"{name}-key.pem")
+        self.ca_path = os.path.join(directory, f"{name}-ca.pem")
+        self.ca.cert_pem.write_to_path(self.ca_path)
         self.issue()
 
     def issue(self, cert_path: str | None = None, key_path: str | None = None):
         """A new leaf certificate (written over the files, or to the given paths)."""
-        cert = self.ca.issue_cert("localhost", "127.0.0.1")
+        cert = self.ca.issue_cert("localhost", "127.0.0.1", key_type=self.key_type)
         cert.cert_chain_pems[0].write_to_path(cert_path or self.cert_path)
         for pem in cert.cert_chain_pems[1:]:
             pem.write_to_path(cert_path or self.cert_path, append=True)
