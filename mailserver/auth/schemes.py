@@ -21,6 +21,15 @@ from typing import Callable
 
 from passlib import hash as _ph
 
+# crypt(3) from the C library (stdlib until Python 3.13), imported once here: checks run in
+# pool threads, and warnings.catch_warnings() is not safe to enter from several at once.
+try:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        import crypt as _crypt
+except ImportError:
+    _crypt = None
+
 
 class SchemeError(ValueError):
     """Base class of the errors below."""
@@ -133,11 +142,7 @@ def _crypt_check(password: bytes, raw: bytes) -> bool:
 
 def _c_crypt(password: bytes, stored: str) -> str | None:
     """crypt(3) from the C library, or None where it is missing or refuses the format."""
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", DeprecationWarning)
-            import crypt as _crypt  # stdlib until Python 3.13
-    except ImportError:
+    if _crypt is None:
         return None
     try:
         result = _crypt.crypt(password.decode("utf-8", "surrogateescape"), stored)
