@@ -167,12 +167,9 @@ class DirectoryCache:
         waiting = [self._waiting.get(name) for name in names]
         known = [name if w is None and name in self._files and name not in self._writing else None
                  for name, w in zip(names, waiting)]
-        if not any(known):
-            self.hits += sum(w is not None for w in waiting)
-            self.misses += sum(w is None for w in waiting)
-            return waiting
-        found = await threads.call(POOL, _read_files, self.root, known)
-        found = [w if w is not None else f for w, f in zip(waiting, found)]
+        # Files are read only if some are known on disk (a thread hand-off otherwise saved).
+        read = await threads.call(POOL, _read_files, self.root, known) if any(known) else known
+        found = [w if w is not None else f for w, f in zip(waiting, read)]
         for name, on_disk, data in zip(names, known, found):
             if data is not None:
                 self.hits += 1
