@@ -186,6 +186,25 @@ class CopyResult:
     pairs: tuple
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class QuotaResource:
+    """One resource of a quota root: ``name`` is ``"STORAGE"`` (``usage``/``limit`` in bytes; IMAP
+    reports KiB) or ``"MESSAGE"`` (messages).  ``limit`` None: unlimited."""
+
+    name: str
+    usage: int
+    limit: int | None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class QuotaRoot:
+    """A quota root (RFC 9208) and its resources, with the limits that apply to the mailbox it
+    was asked for (per-mailbox rules such as a larger Trash allowance)."""
+
+    name: str
+    resources: tuple
+
+
 class SaveTransaction(abc.ABC):
     """Saves one or more messages into one mailbox, all or nothing.
 
@@ -432,6 +451,22 @@ class User(abc.ABC):
         """Take the user's exclusive lock ``name`` (``[a-z0-9-]+``, e.g. ``"pop3"``: one POP3
         session per mailbox) without waiting.  It holds across every process and host sharing
         the storage, until released or the process ends.  IN_USE when someone else holds it."""
+
+    # --- quota (formats without quota keep these defaults: no roots, nothing refused) ---------
+    async def quota_roots(self, mailbox: str) -> list:
+        """The quota roots (``QuotaRoot``) that apply to ``mailbox`` (GETQUOTAROOT), with their
+        usage and the limits for that mailbox.  NOT_FOUND when the mailbox does not exist."""
+        await self.status(mailbox)
+        return []
+
+    async def quota(self, root: str) -> QuotaRoot:
+        """One quota root by name (GETQUOTA).  NOT_FOUND when the user has no such root."""
+        from mailserver.storage.errors import not_found
+        raise not_found(f"quota root {root!r}")
+
+    async def check_quota(self, mailbox: str, size: int, count: int = 1) -> None:
+        """Would ``count`` more messages totalling ``size`` bytes fit into ``mailbox``?
+        OVER_QUOTA when not (LMTP RCPT with SIZE asks before the data comes)."""
 
     @abc.abstractmethod
     def begin_save(self, name: str) -> SaveTransaction:

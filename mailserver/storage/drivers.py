@@ -269,9 +269,39 @@ class IndexStore(abc.ABC):
             raise
 
 
+DICT_PRIVATE = "priv/"
+DICT_SHARED = "shared/"
+DICT_MAX_KEY = 1024            # bytes of UTF-8 in a key
+DICT_MAX_VALUE = 1024 * 1024   # bytes of UTF-8 in a value
+
+
+def check_dict_key(key: str) -> str:
+    """``key`` if it is a valid dictionary key, else StorageError(INVALID): it starts with
+    ``priv/`` or ``shared/``, has no empty component, no NUL and at most DICT_MAX_KEY bytes."""
+    if not isinstance(key, str) or not key.startswith((DICT_PRIVATE, DICT_SHARED)):
+        raise StorageError(ErrorKind.INVALID, f"dict key {key!r} must start with priv/ or shared/")
+    if "\0" in key or "//" in key or key.endswith("/") or len(key.encode("utf-8")) > DICT_MAX_KEY:
+        raise StorageError(ErrorKind.INVALID, f"dict key {key!r}: empty component, NUL or too long")
+    return key
+
+
+def dict_prefix_matches(key: str, prefix: str, recursive: bool) -> bool:
+    """Does ``key`` belong to an iteration of ``prefix``?  Not recursive: only keys directly under
+    ``prefix`` (no further ``/`` after it), as lib-dict without DICT_ITERATE_FLAG_RECURSE."""
+    return key.startswith(prefix) and (recursive or "/" not in key[len(prefix):])
+
+
 class Dict(abc.ABC):
-    """A key/value dictionary (quota, IMAP METADATA).  Keys start with ``priv/`` (per user)
-    or ``shared/``; private keys live in the user's namespace, never another's."""
+    """A key/value dictionary with the semantics of Dovecot's lib-dict (quota, IMAP METADATA,
+    URLAUTH keys).
+
+    Keys are strings starting with ``priv/`` (private to the user named in the call; they live in
+    that user's space, never another's) or ``shared/`` (one space for every user); see
+    ``check_dict_key``.  Values are strings of at most DICT_MAX_VALUE bytes.  A counter is a
+    value holding a decimal integer; incrementing a missing key starts it from 0.  Every method
+    is a coroutine; errors are StorageError (TEMPORARY when the backend cannot answer, INVALID
+    for a bad key or value, LIMIT for a value too large).
+    """
 
     @classmethod
     @abc.abstractmethod
@@ -279,20 +309,36 @@ class Dict(abc.ABC):
         """Build from the validated configuration."""
 
     async def start(self) -> None:
-        """Connect."""
+        """Connect.  StorageError(TEMPORARY) with a clear detail when the backend is unreachable."""
 
     async def stop(self) -> None:
-        """Disconnect."""
+        """Wait for in-flight transactions, disconnect."""
 
     @abc.abstractmethod
     async def get(self, username: str, key: str) -> str | None:
         """A value, or None."""
 
     @abc.abstractmethod
-    async def iterate(self, username: str, prefix: str) -> dict[str, str]:
-        """Every key under ``prefix`` with its value."""
+    async def iterate(self, username: str, prefix: str, recursive: bool = True) -> dict[str, str]:
+        """Every key starting with ``prefix`` (which ends with ``/``, or is ``priv/`` or
+        ``shared/``) with its value.  ``recursive=False``: only keys with no ``/`` after the
+        prefix (``dict_prefix_matches``).  A driver pages large iterations internally."""
 
     @abc.abstractmethod
     async def transaction(self, username: str, sets: dict[str, str | None] = (),
                           increments: dict[str, int] = ()) -> None:
-        """Apply sets (None unsets) and atomic increments together, durably."""
+        """Apply sets (None unsets) and atomic increments together, durably, all or nothing.
+        Increments are never lost when several processes or hosts increment the same key at once.
+        A key both set and incremented is set first, then incremented."""
+
+    async def set(self, username: str, key: str, value: str) -> None:
+        """Set one key."""
+        await self.transaction(username, sets={key: value})
+
+    async def unset(self, username: str, key: str) -> None:
+        """Remove one key (no error when it does not exist)."""
+        await self.transaction(username, sets={key: None})
+
+    async def increment(self, username: str, key: str, amount: int) -> None:
+        """Atomically add ``amount`` (may be negative) to a counter."""
+        await self.transaction(username, increments={key: amount})
