@@ -99,6 +99,13 @@ class ObjectStore(abc.ABC):
         """When an object was last written (seconds since the epoch), complete or not: gc ages
         by it what a write that never finished left behind.  NOT_FOUND if missing."""
 
+    async def remove_partial_writes(self, ns: str, older_than: float, dry_run: bool = False) -> int:
+        """Remove what writes that never finished left in ``ns`` outside any object (a file
+        store's temporary files after a crash) when last touched before ``older_than`` (seconds
+        since the epoch); returns how many (counted, not removed, with ``dry_run``).  Stores
+        whose unfinished writes are objects (RADOS parts: see ``mtime``) have nothing here."""
+        return 0
+
     @abc.abstractmethod
     async def add_ref(self, ns: str, oid: str, ref: str) -> None:
         """Record one more reference to an object (durable on return).  NOT_FOUND if missing."""

@@ -289,6 +289,33 @@ class LocalObjectStore(ObjectStore):
             return sorted(out)
         return await self._run(walk, os.path.join(self.root, safe_component(ns)))
 
+    async def remove_partial_writes(self, ns: str, older_than: float, dry_run: bool = False) -> int:
+        """``_put`` writes ``<oid>.tmp.<pid>.<ns>`` and renames it: one still there after its
+        writer's grace is what a crash between the two left (never acknowledged, never indexed)."""
+        def sweep(base):
+            n = 0
+            try:
+                fans = os.listdir(base)
+            except FileNotFoundError:
+                return 0
+            for fan in fans:
+                if len(fan) != 2:
+                    continue
+                for name in os.listdir(os.path.join(base, fan)):
+                    if ".tmp." not in name:
+                        continue
+                    path = os.path.join(base, fan, name)
+                    try:
+                        if os.stat(path).st_mtime >= older_than:
+                            continue
+                        if not dry_run:
+                            os.unlink(path)
+                    except FileNotFoundError:
+                        continue            # its write finished meanwhile
+                    n += 1
+            return n
+        return await self._run(sweep, os.path.join(self.root, safe_component(ns)))
+
     # --- mutable state objects (index checkpoints) --------------------------------------------
     def _state_path(self, ns: str, name: str) -> str:
         if not name or "/" in name or name.startswith("."):

@@ -293,6 +293,7 @@ async def gc(storage, dry_run: bool = False, grace: float | None = None) -> dict
             report["incomplete_removed"] += 1
             if not dry_run:
                 await objects.delete(ns, oid)
+        report["incomplete_removed"] += await objects.remove_partial_writes(ns, now - grace, dry_run)
     log.info("rbox gc{dry}: {report}", dry=" (dry run)" if dry_run else "", report=report)
     return report
 
