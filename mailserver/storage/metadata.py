@@ -49,6 +49,7 @@ class MetadataError(Exception):
     """A refused METADATA request; ``text`` is safe to show a client."""
 
     def __init__(self, text: str):
+        """``text``: what the client is told."""
         super().__init__(text)
         self.text = text
 
@@ -61,6 +62,7 @@ class ValueTooLarge(MetadataError):
     """A value is over the configured limit ``limit`` (IMAP: NO [METADATA MAXSIZE limit])."""
 
     def __init__(self, limit: int):
+        """``limit``: the configured largest value, in bytes."""
         super().__init__(f"Value larger than {limit} bytes")
         self.limit = limit
 

@@ -4,6 +4,7 @@ disabled and a /shared/admin entry.  Values with literals go as LITERAL+ ``{n+}`
 command imaplib sends."""
 
 import imaplib
+import pathlib
 import re
 
 import pytest
@@ -251,7 +252,12 @@ def test_rename_keeps_delete_removes(mail_server, account):
         "Old/Projects": {"/private/comment": b"p", "/shared/color": b"blue"}}
     assert c.create("Projects")[0] == "OK"
     assert get(c, "Projects", "(/private /shared)", "(DEPTH infinity)")[1] == {}
+    typ, data = c.status("Old/Projects", "(MAILBOXID)")
+    guid = re.search(rb"MAILBOXID \(([^)]+)\)", data[0]).group(1).decode()
     assert c.delete("Old/Projects")[0] == "OK"
+    if mail_server.backend == "local":       # the local dictionary's files: the entries are gone
+        texts = [p.read_text() for p in pathlib.Path(mail_server.state_dir, "dict").glob("user-*.json")]
+        assert texts and not any(guid in text for text in texts)
     assert c.create("Old/Projects")[0] == "OK"
     assert get(c, "Old/Projects", "(/private /shared)", "(DEPTH infinity)")[1] == {}
     c.logout()
