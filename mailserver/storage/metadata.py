@@ -23,6 +23,7 @@ from __future__ import annotations
 import base64
 import binascii
 import dataclasses
+import re
 
 from twisted.internet import defer
 
@@ -40,6 +41,7 @@ SPECIALUSE = "/private/specialuse"   # RFC 6154 section 4: read-only, from the m
 ADMIN = "/shared/admin"              # RFC 5464 section 3.2.1.2: read-only, from the configuration
 READ_ONLY = (SPECIALUSE, ADMIN)
 
+_GUID = re.compile(r"[A-Za-z0-9_-]{1,128}")   # a mailbox GUID as one key component
 _locks: dict = {}                    # username -> DeferredLock (one SETMETADATA at a time)
 
 
@@ -140,7 +142,7 @@ def scope_prefix(guid: str | None) -> str:
     """The key prefix of the server entries (``guid`` None) or of one mailbox's entries."""
     if guid is None:
         return SERVER
-    if not guid or not guid.isalnum() or not guid.isascii():
+    if not _GUID.fullmatch(guid):
         raise StorageError(ErrorKind.INVALID, f"mailbox GUID {guid!r} is not a key component")
     return MAILBOX + guid + "/"
 
@@ -205,26 +207,18 @@ async def get_entries(d, username: str, guid: str | None, entries: list[str], de
     """Every existing entry named by ``entries`` (checked names) or below them within
     ``depth`` (``"0"``, ``"1"``, ``"infinity"``), with its value: stored entries of the user's
     server (``guid`` None) or mailbox, and the computed ones.  Private entries are left out
-    when they are disabled."""
+    when they are disabled.  One dictionary read: a scope holds at most ``max_entries``."""
     if depth not in DEPTHS:
         raise ValueError(f"depth {depth!r}")
     prefix = scope_prefix(guid)
+    stored = await d.iterate(username, prefix)
+    every = {key_entry(prefix, key): value for key, value in stored.items()}
+    every.update(computed(guid, special_use, limits))
+    bases = [base for base in entries if limits.private or not is_private(base)]
     found: dict[str, bytes] = {}
-    derived = computed(guid, special_use, limits)
-    for base in entries:
-        if is_private(base) and not limits.private:
-            continue
-        if base not in ROOTS:
-            stored = await d.get(username, entry_key(guid, base))
-            if stored is not None:
-                found[base] = decode_value(stored)
-        if depth != "0":
-            below = await d.iterate(username, prefix + base[1:] + "/", recursive=depth == "infinity")
-            for key, stored in below.items():
-                found[key_entry(prefix, key)] = decode_value(stored)
-        for entry, value in derived.items():
-            if _in_depth(entry, base, depth):
-                found[entry] = value
+    for entry, value in every.items():
+        if any(_in_depth(entry, base, depth) for base in bases):
+            found[entry] = value if isinstance(value, bytes) else decode_value(value)
     return found
 
 
