@@ -81,15 +81,18 @@ def non_negative(value) -> str | None:
 
 
 def metadata_value_size(value) -> str | None:
+    """[imap] metadata_max_value_size: positive, and small enough that its base64 fits a dict value."""
     from mailserver.storage.metadata import MAX_VALUE_LIMIT
     return None if 0 < value <= MAX_VALUE_LIMIT else f"must be between 1 and {MAX_VALUE_LIMIT}"
 
 
 def metadata_entries(value) -> str | None:
+    """[imap] metadata_max_entries: positive and bounded."""
     return None if 0 < value <= 100000 else "must be between 1 and 100000"
 
 
 def metadata_admin(value: str) -> str | None:
+    """[imap] metadata_admin: a printable ASCII URI of bounded length (or empty)."""
     if len(value) > 1024 or any(not (" " <= c <= "~") for c in value):
         return "must be printable ASCII of at most 1024 characters"
     return None

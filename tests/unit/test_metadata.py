@@ -131,3 +131,13 @@ async def test_computed_entries(store):
         "/shared/admin": b"mailto:postmaster@example.org"}
     assert await md.get_entries(store, "u", None, ["/shared"], "0", limits) == {}
     assert await md.get_entries(store, "u", None, ["/shared"], "1", md.Limits()) == {}
+
+
+@pytest.mark.parametrize("key, value", [("metadata_max_value_size", 0), ("metadata_max_value_size", 10**7),
+                                        ("metadata_max_entries", 0), ("metadata_admin", "mailto:x\n")])
+def test_config_bounds(key, value):
+    from mailserver import config
+    with pytest.raises(config.ConfigError, match=key):
+        config.load(None, {"imap": {key: value}})
+    limits = md.Limits.from_config(config.load(None, {}).imap)
+    assert limits == md.Limits(64 * 1024, 256, True, "")
