@@ -80,6 +80,24 @@ def non_negative(value) -> str | None:
     return None if value >= 0 else "must be 0 or more"
 
 
+def metadata_value_size(value) -> str | None:
+    """[imap] metadata_max_value_size: positive, and small enough that its base64 fits a dict value."""
+    from mailserver.storage.metadata import MAX_VALUE_LIMIT
+    return None if 0 < value <= MAX_VALUE_LIMIT else f"must be between 1 and {MAX_VALUE_LIMIT}"
+
+
+def metadata_entries(value) -> str | None:
+    """[imap] metadata_max_entries: positive and bounded."""
+    return None if 0 < value <= 100000 else "must be between 1 and 100000"
+
+
+def metadata_admin(value: str) -> str | None:
+    """[imap] metadata_admin: a printable ASCII URI of bounded length (or empty)."""
+    if len(value) > 1024 or any(not (" " <= c <= "~") for c in value):
+        return "must be printable ASCII of at most 1024 characters"
+    return None
+
+
 def one_of(*choices) -> Callable[[Any], str | None]:
     def check(value):
         return None if value in choices else "must be one of " + ", ".join(repr(c) for c in choices)
@@ -159,6 +177,17 @@ SCHEMA: dict[str, dict[str, Key]] = {
                                     "notices); empty: none."),
         "urlauth_submit_user": Key(str, "", None, "The user a submission server logs in as to URLFETCH "
                                                   "submit+ URLAUTH URLs (RFC 4467); empty: nobody can."),
+        "metadata_max_value_size": Key(int, 64 * 1024, metadata_value_size,
+                                       "METADATA (RFC 5464): largest entry value, bytes; larger ones get "
+                                       "NO [METADATA MAXSIZE n]."),
+        "metadata_max_entries": Key(int, 256, metadata_entries,
+                                    "METADATA: entries per mailbox, and for the server, of each user; past "
+                                    "it SETMETADATA answers NO [METADATA TOOMANY]."),
+        "metadata_private": Key(bool, True, None, "METADATA: allow /private entries (false: SETMETADATA of "
+                                                  "one answers NO [METADATA NOPRIVATE])."),
+        "metadata_admin": Key(str, "", metadata_admin,
+                              "METADATA: the read-only /shared/admin server entry (RFC 5464 3.2.1.2), a URI "
+                              "such as \"mailto:postmaster@example.org\"; empty: none."),
     },
     "pop3": {
         "listen": Key(list, ["127.0.0.1:110"], check_listen, "Addresses, as for [imap] listen."),

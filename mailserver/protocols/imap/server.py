@@ -111,7 +111,9 @@ class IMAPServerProtocol(Protocol):
             caps += tls.auth_capabilities(self.ctx, self.transport, self.peer,
                                           starttls=self.compression is None)
         else:
-            caps += ["COMPRESS=DEFLATE", "UNAUTHENTICATE"] + (["URLAUTH"] if self.ctx.dict is not None else [])
+            caps += ["COMPRESS=DEFLATE", "UNAUTHENTICATE"]
+            if self.ctx.dict is not None:
+                caps += ["URLAUTH", "METADATA"]
         return caps
 
     @property

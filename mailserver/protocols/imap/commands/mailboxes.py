@@ -13,7 +13,7 @@ from ..response import CRLF, flag_list
 from ..condstore import parse_select_params, resync_select
 from ..extensions import enable_condstore
 from ..selected import Selected
-from . import AUTH, Done, State, Sync, command
+from . import AUTH, Done, State, Sync, command, metadata
 
 STATUS_ITEMS = ("MESSAGES", "RECENT", "UIDNEXT", "UIDVALIDITY", "UNSEEN", "SIZE", "DELETED", "HIGHESTMODSEQ")
 STATUS_ITEMS += ("MAILBOXID", "APPENDLIMIT")     # RFC 8474, RFC 7889
@@ -114,7 +114,9 @@ async def delete(session, tag: str, args: Args):
     if session.selected is not None and session.selected.mailbox.name == name:
         # Deleting the selected mailbox: leave it first (as Dovecot does).
         await session.unselect()
+    guid = await metadata.guid_before_delete(session, name)
     await session.user.delete_mailbox(name)
+    await metadata.mailbox_deleted(session, guid)
     return "DELETE completed"
 
 
