@@ -23,6 +23,7 @@ from mailserver.storage.errors import ErrorKind, StorageError
 
 from . import commands
 from .commands import Done, State, Sync
+from .commands.quota import capabilities as quota_capabilities
 from .extensions import EXTENSIONS_A
 from .errors import CommandError, is_server_fault, storage_answer
 from .parser import CONTINUE, Args, BadSyntax, Command, CommandParser, LineTooLong, ParseError
@@ -112,6 +113,8 @@ class IMAPServerProtocol(Protocol):
                                           starttls=self.compression is None)
         else:
             caps += ["COMPRESS=DEFLATE", "UNAUTHENTICATE"] + (["URLAUTH"] if self.ctx.dict is not None else [])
+            # Post-login only, as Dovecot's imap_quota plugin adds them.
+            caps += quota_capabilities(self.ctx.config.quota.enabled)
         return caps
 
     @property
