@@ -39,6 +39,7 @@ PREFIX = "priv/quota/"
 
 
 def over_quota(detail: str) -> StorageError:
+    """The error a refused change raises (``detail`` is for the log)."""
     return StorageError(ErrorKind.OVER_QUOTA, detail)
 
 
@@ -74,12 +75,15 @@ class QuotaStorage:
         return getattr(self.inner, name)
 
     async def start(self) -> None:
+        """Start the inner storage (the dictionary is the server's to start)."""
         await self.inner.start()
 
     async def stop(self) -> None:
+        """Stop the inner storage."""
         await self.inner.stop()
 
     async def open_user(self, username: str) -> "QuotaUser":
+        """The inner storage's user, wrapped."""
         user = await self.inner.open_user(username)
         return QuotaUser(self, user)
 
@@ -202,12 +206,15 @@ class QuotaUser:
 
     # --- changes ------------------------------------------------------------------------------
     def begin_save(self, name: str):
+        """A save checked against ``name``'s limits and counted at commit."""
         return QuotaSave(self, self.inner.begin_save(name), name)
 
     async def open_mailbox(self, name: str, readonly: bool = False):
+        """A view whose expunge, copy and move keep the quota."""
         return QuotaMailbox(self, await self.inner.open_mailbox(name, readonly))
 
     async def delete_mailbox(self, name: str) -> None:
+        """Delete, then give the mailbox's messages back (its STATUS just before)."""
         rules = await self._quota.rules(self.name)
         status = await self.inner.status(name)
         await self.inner.delete_mailbox(name)
@@ -215,6 +222,7 @@ class QuotaUser:
             await self._quota.update(self.inner, -status.size, -status.messages)
 
     async def rename_mailbox(self, old: str, new: str) -> None:
+        """Rename; usage changes only when mail crosses into or out of an ignored name."""
         await self.inner.rename_mailbox(old, new)
         rules = await self._quota.rules(self.name)
         if rules.mailbox_rules and any(r.ignore for r in rules.mailbox_rules):
@@ -222,6 +230,7 @@ class QuotaUser:
             await self._quota.recalc(self.inner, rules)
 
     async def close(self) -> None:
+        """Drop the inner user's reference."""
         await self.inner.close()
 
 
@@ -238,6 +247,7 @@ class QuotaSave:
         self._count = 0
 
     async def add(self, data: bytes, flags=(), internaldate: int | None = None, analysis=None) -> None:
+        """Queue one message if it fits (with the ones queued before); OVER_QUOTA if not."""
         if self._context is None:
             self._context = await self._user._context(self._mailbox)
         _, limits, usage = self._context
@@ -250,12 +260,14 @@ class QuotaSave:
         self._count += 1
 
     async def commit(self):
+        """Commit, then count what was saved (one dictionary transaction)."""
         result = await self.inner.commit()
         if self._context is not None and not self._context[1].ignored:
             await self._user._quota.update(self._user.inner, self._size, self._count)
         return result
 
     async def rollback(self) -> None:
+        """Forget the queued messages; nothing was counted."""
         await self.inner.rollback()
 
 
@@ -270,6 +282,7 @@ class QuotaMailbox:
         return getattr(self.inner, name)
 
     async def expunge(self, uids=None) -> list:
+        """Expunge, then give the expunged messages' room back."""
         # Sizes are read before: after the expunge the index no longer knows them.
         candidates = self.inner.uids() if uids is None else uids
         sizes = {}
@@ -297,13 +310,15 @@ class QuotaMailbox:
             await quota.update(self._user.inner, -sum(sizes[u] for u in gone), -len(gone))
         return gone
 
-    async def _infos(self, uids) -> list:
+    def _infos(self, uids) -> list:
+        """MessageInfo of ``uids`` still in the index, ascending (what copy will copy)."""
         return [i for i in (self.inner.info(u) for u in sorted(set(uids))) if i is not None]
 
     async def copy(self, uids, destination: str):
+        """Copy if the copies fit into ``destination``; count them."""
         quota = self._user._quota
         rules, limits, usage = await self._user._context(destination)
-        infos = await self._infos(uids)
+        infos = self._infos(uids)
         sizes = {i.uid: i.vsize for i in infos}
         check_limits(limits, usage, sum(sizes.values()), len(infos), f"{self._user.name} COPY to {destination}")
         result = await self.inner.copy(uids, destination)
@@ -316,7 +331,7 @@ class QuotaMailbox:
         a move that adds usage is checked (as Dovecot checks a move only when it may grow)."""
         quota = self._user._quota
         rules, limits, usage = await self._user._context(destination)
-        infos = await self._infos(uids)
+        infos = self._infos(uids)
         sizes = {i.uid: i.vsize for i in infos}
         sign = int(rules.counted(destination)) - int(rules.counted(self.inner.name))
         if sign > 0:
@@ -328,4 +343,5 @@ class QuotaMailbox:
         return result
 
     async def close(self) -> None:
+        """Release the inner view."""
         await self.inner.close()

@@ -9,6 +9,7 @@ runs through ``reactor.spawnProcess``: nothing waits for it, and its failure is 
 
 from __future__ import annotations
 
+import email.header
 import email.utils
 import os
 import uuid
@@ -100,6 +101,8 @@ class Warnings:
         """The warning mail (headers and text, CRLF line ends)."""
         text = table["message"].replace("%u", username).replace("%p", percent)
         subject = table["subject"].replace("%u", username).replace("%p", percent)
+        if not subject.isascii():
+            subject = email.header.Header(subject, "utf-8").encode()     # RFC 2047
         lines = [f"From: Mail Delivery System <MAILER-DAEMON@{self.hostname}>",
                  f"To: <{username}>",
                  f"Subject: {subject}",

@@ -274,6 +274,14 @@ def test_delete_mailbox_gives_room(quota_server):
     assert quota_of(m)["STORAGE"] == (7, 100)
     assert m.delete("Old")[0] == "OK"
     assert quota_of(m)["STORAGE"] == (1, 100)
+    # UID EXPUNGE gives room back too.
+    m.append("INBOX", None, None, body(3072))
+    m.select("INBOX")
+    assert quota_of(m)["STORAGE"] == (4, 100)
+    uid = m.uid("SEARCH", "ALL")[1][0].split()[-1].decode()
+    m.uid("STORE", uid, "+FLAGS", "\\Deleted")
+    assert m.uid("EXPUNGE", uid)[0] == "OK"
+    assert quota_of(m)["STORAGE"] == (1, 100)
     m.logout()
 
 
@@ -365,3 +373,20 @@ def test_bad_userdb_rule_fails_temporarily(quota_server):
     assert typ == "NO" and data[0].startswith(b"[UNAVAILABLE]")
     m.logout()
     assert "invalid quota rule for bad@example.org" in quota_server.log_text()
+
+
+def test_full_tempfail(tmp_path):
+    """``[quota] full_tempfail``: over quota is 452 4.2.2, at RCPT with SIZE and after DATA."""
+    server = RunningServer(str(tmp_path), users=0, name="tempfail",
+                           extra_config='[quota]\nenabled = true\nrule = "*:storage=2K"\nfull_tempfail = true\n')
+    server.add_user("t@example.org", "{PLAIN}pw")
+    server.start()
+    try:
+        rcpt, _ = lmtp(server, ["t@example.org"], body(4000), size=4000)
+        assert rcpt[0].startswith("452 4.2.2 <t@example.org> ")
+        rcpt, replies = lmtp(server, ["t@example.org"], body(4000))
+        assert rcpt == ["250 2.1.5 OK"] and replies[0].startswith("452 4.2.2 <t@example.org> ")
+        rcpt, replies = lmtp(server, ["t@example.org"], body(1000))
+        assert replies[0].startswith("250 2.0.0 ")
+    finally:
+        server.stop()
