@@ -1,5 +1,5 @@
 """IMAP QUOTA responses (RFC 9208) from storage's QuotaRoot: KiB rounded up, unlimited
-resources left out, capabilities only when quota is enabled."""
+resources and roots left out, capabilities only when quota is enabled."""
 
 from mailserver.protocols.imap.commands.quota import capabilities, kib, quota_line
 from mailserver.storage.api import QuotaResource, QuotaRoot
@@ -13,8 +13,9 @@ def test_quota_line():
     root = QuotaRoot("User quota", (QuotaResource("STORAGE", 5000, 8192), QuotaResource("MESSAGE", 3, 100)))
     assert quota_line(root) == b'* QUOTA "User quota" (STORAGE 5 8 MESSAGE 3 100)\r\n'
     root = QuotaRoot("User quota", (QuotaResource("STORAGE", 5000, None), QuotaResource("MESSAGE", 3, None)))
-    assert quota_line(root) == b'* QUOTA "User quota" ()\r\n'
-    assert quota_line(QuotaRoot("quota", ())) == b"* QUOTA quota ()\r\n"
+    assert quota_line(root) == b""           # no limited resource: not shown (as Dovecot)
+    root = QuotaRoot("quota", (QuotaResource("STORAGE", 1, None), QuotaResource("MESSAGE", 3, 10)))
+    assert quota_line(root) == b"* QUOTA quota (MESSAGE 3 10)\r\n"
 
 
 def test_capabilities():

@@ -2,9 +2,12 @@
 
 Storage answers with ``QuotaRoot``s whose STORAGE usage and limit are in bytes; IMAP reports
 KiB, rounded up as Dovecot does (a 1-byte message uses 1 KiB, and a limit is never shown below
-what it allows).  A resource without a limit is left out of the ``* QUOTA`` list, so a user
-without limits sees its root with an empty list, as Dovecot answers.  Limits come from the
-administrator: SETQUOTA is not advertised (no QUOTASET) and is refused ``NO [NOPERM]``.
+what it allows).  A resource without a limit is left out of the ``* QUOTA`` list, and a root
+with no limited resource at all is not shown, as Dovecot leaves it out (RFC 9208's quota-list
+holds at least one resource): a user without limits gets ``* QUOTAROOT INBOX`` naming no root
+and ``OK No quota``, and GETQUOTA of that root only its tagged OK.  Limits come from the
+administrator: SETQUOTA is not advertised (no QUOTASET) and is refused ``NO [NOPERM]`` (Dovecot
+answers a plain NO; the RFC 5530 code says why).
 """
 
 from __future__ import annotations
@@ -32,13 +35,16 @@ def kib(value: int) -> int:
 
 
 def quota_line(root) -> bytes:
-    """``* QUOTA root (NAME usage limit ...)`` of one ``QuotaRoot``."""
+    """``* QUOTA root (NAME usage limit ...)`` of one ``QuotaRoot``; empty when none of its
+    resources has a limit."""
     items = []
     for res in root.resources:
         if res.limit is None or res.name not in _RESOURCES:
             continue
         usage, limit = (kib(res.usage), kib(res.limit)) if res.name == "STORAGE" else (res.usage, res.limit)
         items.append(f"{res.name} {usage} {limit}")
+    if not items:
+        return b""
     return b"* QUOTA " + astring(root.name) + b" (" + " ".join(items).encode("ascii") + b")" + CRLF
 
 
@@ -51,12 +57,14 @@ async def getquotaroot(session, tag: str, args: Args):
         roots = await session.user.quota_roots(name)
     except StorageError as e:
         raise storage_answer(e) from e
+    lines = [(root, quota_line(root)) for root in roots]
+    lines = [(root, line) for root, line in lines if line]
     w = session.writer
     w.write(b"* QUOTAROOT " + names.encode(name, session.utf8)
-            + b"".join(b" " + astring(r.name) for r in roots) + CRLF)
-    for root in roots:
-        w.write(quota_line(root))
-    return "Getquotaroot completed"
+            + b"".join(b" " + astring(root.name) for root, _ in lines) + CRLF)
+    for _, line in lines:
+        w.write(line)
+    return "Getquotaroot completed" if lines else "No quota"
 
 
 @command("GETQUOTA", AUTH, sync=Sync.CHANGES)
