@@ -4,11 +4,14 @@ A rule is ``MAILBOX:LIMIT[:LIMIT...]`` or ``MAILBOX:ignore``:
 
 - ``MAILBOX`` is ``*`` (the default rule: the user's quota) or a mailbox name, which may use the
   wildcards ``*`` and ``?`` (``INBOX`` matches case-insensitively, as everywhere).
-- ``LIMIT`` is ``storage=SIZE`` (``bytes=`` is Dovecot's older spelling of the same) or
-  ``messages=COUNT``.  A size is a number of bytes with an optional unit ``B``, ``K``, ``M``,
-  ``G`` or ``T`` (powers of 1024, either case).  ``0`` or ``none`` means unlimited.
-- In a mailbox rule a limit may be relative to the default rule: ``+100M`` / ``-10M`` adds to
-  it, ``110%`` scales it.  Relative to an unlimited default it stays unlimited (as Dovecot).
+- ``LIMIT`` is ``storage=N`` (KiB unless a unit follows, as in Dovecot), ``bytes=N`` (bytes unless
+  a unit follows) or ``messages=N``.  Units are ``B``, ``K``, ``M``, ``G`` and ``T`` (powers of
+  1024, either case).  In the default rule ``0`` (or ``none``) means unlimited.
+- In a mailbox rule every limit is relative to the default rule, as in Dovecot: ``+100M`` (or
+  plain ``100M``, Dovecot's older spelling) adds to it, ``-10M`` takes away, ``10%`` adds that
+  share of it (``+10%`` likewise, ``-10%`` takes it away).  If the default is unlimited, the
+  mailbox stays unlimited.  Dovecot treats a total at or below zero as unlimited. Here it
+  leaves no room, because a smaller allowance was clearly what the rule meant.
 - ``ignore``: messages in that mailbox are not counted and saving there is never refused.
 
 Rules come in numbered slots, as Dovecot's ``quota_rule``, ``quota_rule2``, ``quota_rule3``...
@@ -27,7 +30,7 @@ import re
 DEFAULT = "*"
 RESOURCES = ("storage", "messages")
 _UNITS = {"": 1, "b": 1, "k": 1024, "m": 1024 ** 2, "g": 1024 ** 3, "t": 1024 ** 4}
-_SIZE = re.compile(r"([+-]?)(\d{1,19})\s*([bkmgt]?)(%?)", re.IGNORECASE)
+_SIZE = re.compile(r"([+-]?)(\d{1,19})([bkmgt]?)(%?)", re.IGNORECASE)
 _SLOT = re.compile(r"(?:userdb_)?quota_rule(\d*)")
 
 
@@ -37,8 +40,9 @@ class RuleError(ValueError):
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Limit:
-    """One resource's limit in a rule: ``mode`` is ``"set"`` (``value`` None: unlimited),
-    ``"add"`` (``value`` may be negative) or ``"percent"`` of the default rule's limit."""
+    """One resource's limit in a rule: ``mode`` is ``"set"`` (default rule; ``value`` None:
+    unlimited), ``"add"`` (mailbox rule: bytes or messages added to the default's, may be
+    negative) or ``"percent"`` (mailbox rule: that share of the default's added)."""
 
     mode: str
     value: int | None
@@ -72,47 +76,41 @@ def parse_rule(text: str) -> Rule:
     mailbox, _, rest = text.partition(":")
     if not mailbox:
         raise RuleError(f"{text!r}: the mailbox part is empty (use * for the default rule)")
+    if rest.strip().lower() == "ignore":
+        if mailbox == DEFAULT:
+            raise RuleError(f"{text!r}: the default rule cannot be ignore (use storage=0 for unlimited)")
+        return Rule(mailbox, ignore=True)
     limits: dict = {}
-    ignore = False
     for part in rest.split(":"):
         key, eq, value = part.partition("=")
         key = key.strip().lower()
-        if key == "ignore" and not eq:
-            ignore = True
-            continue
-        if key == "bytes":
-            key = "storage"     # Dovecot's older name of the storage limit
-        if key not in RESOURCES or not eq:
-            raise RuleError(f"{text!r}: unknown limit {part!r} (storage=SIZE, messages=N or ignore)")
-        limits[key] = _parse_limit(text, key, value.strip(), relative_ok=mailbox != DEFAULT)
-    if ignore and limits:
-        raise RuleError(f"{text!r}: ignore takes no limits")
-    if not ignore and not limits:
-        raise RuleError(f"{text!r}: no limit given")
-    if ignore and mailbox == DEFAULT:
-        raise RuleError(f"{text!r}: the default rule cannot be ignore (use storage=0 for unlimited)")
-    return Rule(mailbox, ignore, limits.get("storage"), limits.get("messages"))
+        if key not in ("storage", "bytes", "messages") or not eq:
+            raise RuleError(f"{text!r}: unknown limit {part!r} (storage=SIZE, bytes=SIZE, messages=N or ignore)")
+        resource = "messages" if key == "messages" else "storage"
+        default_unit = "k" if key == "storage" else "b"
+        limits[resource] = _parse_limit(text, key, value.strip(), default_unit, relative=mailbox != DEFAULT)
+    return Rule(mailbox, False, limits.get("storage"), limits.get("messages"))
 
 
-def _parse_limit(text: str, key: str, value: str, relative_ok: bool) -> Limit:
-    if value.lower() in ("none", "unlimited"):
+def _parse_limit(text: str, key: str, value: str, default_unit: str, relative: bool) -> Limit:
+    if value.lower() in ("none", "unlimited") and not relative:
         return Limit("set", None)
     m = _SIZE.fullmatch(value)
     if not m:
-        raise RuleError(f"{text!r}: {key}={value!r} is not a number with an optional unit B, K, M, G, T")
+        raise RuleError(f"{text!r}: {key}={value!r} is not a number with an optional unit B, K, M, G, T or %")
     sign, digits, unit, percent = m.groups()
-    if key == "messages" and unit:
-        raise RuleError(f"{text!r}: messages={value!r} takes no unit")
-    if (sign or percent) and not relative_ok:
-        raise RuleError(f"{text!r}: relative limits (+N, -N, N%) only make sense in a mailbox rule")
+    if not relative:
+        if sign or percent:
+            raise RuleError(f"{text!r}: the default rule cannot be relative (+N, -N, N%)")
+        return Limit("set", int(digits) * _UNITS[(unit or default_unit).lower()] or None)   # 0: unlimited
+    amount = -int(digits) if sign == "-" else int(digits)
     if percent:
-        if sign or unit:
-            raise RuleError(f"{text!r}: {key}={value!r}: a percentage is a plain number followed by %")
-        return Limit("percent", int(digits))
-    amount = int(digits) * _UNITS[unit.lower()]
-    if sign:
-        return Limit("add", -amount if sign == "-" else amount)
-    return Limit("set", amount or None)      # 0 is unlimited, as in Dovecot
+        if unit:
+            raise RuleError(f"{text!r}: {key}={value!r}: a percentage takes no unit")
+        if amount <= -100:
+            raise RuleError(f"{text!r}: {key}={value!r}: cannot take away 100% or more")
+        return Limit("percent", amount)
+    return Limit("add", amount * _UNITS[(unit or default_unit).lower()])
 
 
 def slots_from_fields(fields: dict) -> dict[int, str]:
@@ -139,8 +137,10 @@ class QuotaRules:
         merged: dict[str, Rule] = {}
         for rule in rules:
             old = merged.get(rule.mailbox)
-            if old is None or rule.ignore or old.ignore:
+            if old is None:
                 merged[rule.mailbox] = rule
+            elif rule.ignore or old.ignore:
+                merged[rule.mailbox] = Rule(rule.mailbox, ignore=True)     # ignore sticks, as in Dovecot
             else:
                 merged[rule.mailbox] = Rule(rule.mailbox, False, rule.storage or old.storage,
                                             rule.messages or old.messages)
@@ -197,7 +197,9 @@ def _apply(limit: Limit | None, default: int | None) -> int | None:
         return limit.value
     if default is None:
         return None         # relative to unlimited stays unlimited
-    # A relative limit at or below zero leaves no room (not "unlimited", which 0 means when set).
     if limit.mode == "add":
-        return max(default + limit.value, 1)
-    return max(default * limit.value // 100, 1)
+        extra = limit.value
+    else:   # truncated towards zero, as Dovecot's integer arithmetic does
+        extra = default * abs(limit.value) // 100 * (1 if limit.value >= 0 else -1)
+    # At or below zero: no room (Dovecot would make it unlimited; see the module docstring).
+    return max(default + extra, 1)

@@ -16,8 +16,10 @@ K, M, G = 1024, 1024 ** 2, 1024 ** 3
     ("*:storage=10m", 10 * M, None),
     ("*:storage=2T", 2 * 1024 ** 4, None),
     ("*:storage=512B", 512, None),
-    ("*:storage=4096", 4096, None),
+    ("*:storage=4096", 4096 * K, None),        # storage= counts KiB without a unit (Dovecot)
+    ("*:bytes=4096", 4096, None),               # bytes= counts bytes
     ("*:bytes=1M", M, None),
+    ("*:messages=1k", None, 1024),
     ("*:messages=1000", None, 1000),
     ("*:storage=1G:messages=100", G, 100),
     ("*:storage=0", None, None),
@@ -35,7 +37,8 @@ def test_default_rule(text, storage, messages):
     "*:storage=1X",
     "*:storage=-1G",            # relative in the default rule
     "*:storage=110%",
-    "*:messages=10K",
+    "Trash:storage=-100%",
+    "Trash:storage=none",
     "*:size=10",
     "*:",
     "*:ignore",
@@ -49,11 +52,15 @@ def test_bad_rules(text):
 
 def test_mailbox_rules_relative_to_default():
     rules = QuotaRules.from_slots({1: "*:storage=1G:messages=100", 2: "Trash:storage=+100M",
-                                   3: "Archive:storage=110%", 4: "Spam:ignore", 5: "Small:messages=-90"})
+                                   3: "Archive:storage=10%", 4: "Spam:ignore", 5: "Small:messages=-90",
+                                   6: "Plain:storage=100M", 7: "Less:storage=-10%", 8: "None:storage=-2G"})
     assert rules.limits("INBOX") == Limits(G, 100)
     assert rules.limits("Trash") == Limits(G + 100 * M, 100)
-    assert rules.limits("Archive") == Limits(G * 110 // 100, 100)
+    assert rules.limits("Archive") == Limits(G + G // 10, 100)     # 10% more, as Dovecot
+    assert rules.limits("Plain") == Limits(G + 100 * M, 100)       # a plain value adds too
+    assert rules.limits("Less") == Limits(G - G // 10, 100)
     assert rules.limits("Small") == Limits(G, 10)
+    assert rules.limits("None") == Limits(1, 100)                  # no room, not unlimited
     assert rules.limits("Spam") == Limits(None, None, ignored=True)
     assert rules.counted("Trash") and not rules.counted("Spam")
     assert not rules.unlimited
@@ -66,7 +73,7 @@ def test_relative_to_unlimited_stays_unlimited():
 
 
 def test_wildcards_and_inbox_case():
-    rules = QuotaRules.from_slots({1: "*:storage=1M", 2: "Lists/*:ignore", 3: "inbox:messages=5"})
+    rules = QuotaRules.from_slots({1: "*:storage=1M:messages=10", 2: "Lists/*:ignore", 3: "inbox:messages=-5"})
     assert not rules.counted("Lists/python")
     assert rules.counted("Lists")
     assert rules.limits("INBOX") == Limits(M, 5)
@@ -96,7 +103,10 @@ def test_limit_forms():
     assert parse_rule("Trash:storage=+100M").storage == Limit("add", 100 * M)
     assert parse_rule("Trash:storage=-1K").storage == Limit("add", -K)
     assert parse_rule("Trash:storage=50%").storage == Limit("percent", 50)
-    assert parse_rule("Trash:storage=0").storage == Limit("set", None)
+    assert parse_rule("Trash:storage=+50%").storage == Limit("percent", 50)
+    assert parse_rule("Trash:messages=-5").messages == Limit("add", -5)
+    assert parse_rule("Trash:storage=0").storage == Limit("add", 0)
+    assert parse_rule("*:storage=0").storage == Limit("set", None)
 
 
 def test_config_section_defaults_and_checks(tmp_path):
@@ -115,3 +125,8 @@ def test_config_section_defaults_and_checks(tmp_path):
         config.load(None, {"quota": {"warnings": [{"percent": 90}]}})
     with pytest.raises(config.ConfigError, match=r"\[\[quota.warnings\]\] #1 resource"):
         config.load(None, {"quota": {"warnings": [{"percent": 90, "message": "x", "resource": "disk"}]}})
+
+
+def test_ignore_sticks():
+    rules = QuotaRules.from_slots({1: "*:storage=1M", 2: "Spam:ignore", 3: "Spam:storage=+1M"})
+    assert not rules.counted("Spam") and rules.limits("Spam").ignored
