@@ -143,6 +143,15 @@ class QuotaStorage:
                  messages=messages)
         return size, messages
 
+    async def invalidate(self, user) -> None:
+        """Drop the counters so the next use recounts them (when a change could not be
+        counted).  Best effort: a dictionary that cannot answer is logged."""
+        try:
+            await self.dict.transaction(user.name, sets={STORAGE_KEY: None, MESSAGES_KEY: None})
+        except StorageError as e:
+            log.error("quota: counters of {user} may be wrong and could not be dropped: {error}",
+                      user=user.name, error=str(e))
+
     async def update(self, user, size: int, count: int) -> None:
         """Add to the counters (negative: give room back), after a committed change.  A failure
         is logged, not raised: the mail change stands, and ``quota recalc`` repairs the counts."""
@@ -297,8 +306,9 @@ class QuotaMailbox:
         try:
             rules = await quota.rules(self._user.name)
         except StorageError as e:
-            log.warn("quota: expunge in {mailbox} of {user} not counted ({error}); recount later",
-                     mailbox=self.inner.name, user=self._user.name, error=str(e))
+            log.warn("quota: expunge in {mailbox} of {user} not counted ({error}); counters dropped "
+                     "for a recount", mailbox=self.inner.name, user=self._user.name, error=str(e))
+            await quota.invalidate(self._user.inner)
             return gone
         if not rules.counted(self.inner.name):
             return gone

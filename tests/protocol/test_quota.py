@@ -9,6 +9,7 @@ import imaplib
 import os
 import poplib
 import re
+import smtplib
 import socket
 import subprocess
 import sys
@@ -358,8 +359,12 @@ def test_warning_when_crossing_threshold(quota_server):
     m.logout()
     rcpt, replies = lmtp(quota_server, [login], body(500, "three"))
     assert replies[0].startswith("250 ")
-    rcpt, replies = lmtp(quota_server, [login], body(500, "four"))
-    assert replies[0].startswith(f"552 5.2.2 <{login}> ")
+    # smtplib sends SIZE= (the server offers SIZE), so the refusal comes at RCPT already.
+    with smtplib.LMTP(quota_server.host, quota_server.lmtp_port, timeout=20) as c:
+        with pytest.raises(smtplib.SMTPRecipientsRefused) as e:
+            c.sendmail("s@example.net", [login], body(500, "four"))     # messages=4 reached
+    code, text = e.value.recipients[login]
+    assert code == 552 and text.startswith(f"5.2.2 <{login}> ".encode())
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline and not os.path.exists(quota_server.warnings_file):
         time.sleep(0.1)
