@@ -19,9 +19,9 @@ from mailserver import tls
 from mailserver.auth import AuthUnavailable
 from mailserver.protocols.linebased import LineServerFactory, LineServerProtocol
 from mailserver.protocols.lmtp.delivery import Recipient, deliver, quota_reply
-from mailserver.storage.errors import ErrorKind, StorageError
 from mailserver.protocols.lmtp.message import (ChunkReader, DataReader, PathError, body_problem, normalize_crlf,
                                                parse_path, recipient_username, trace_headers, xtext_decode)
+from mailserver.storage.errors import ErrorKind, StorageError
 
 log = Logger(namespace="mailserver.lmtp")
 

@@ -50,6 +50,7 @@ def quota_line(root) -> bytes:
 
 @command("GETQUOTAROOT", AUTH, sync=Sync.CHANGES)
 async def getquotaroot(session, tag: str, args: Args):
+    """``GETQUOTAROOT mailbox``: the roots of the mailbox and their usage and limits."""
     raw = args.astring("mailbox name")
     args.end()
     name = names.mailbox(raw, session.utf8)
@@ -69,6 +70,7 @@ async def getquotaroot(session, tag: str, args: Args):
 
 @command("GETQUOTA", AUTH, sync=Sync.CHANGES)
 async def getquota(session, tag: str, args: Args):
+    """``GETQUOTA root``: one root's usage and limits (the default rule's)."""
     root_name = args.astring("quota root").decode("utf-8", "replace")
     args.end()
     try:
