@@ -271,6 +271,9 @@ def test_copy_move_refused_trash_gets_extra_room(quota_server):
 
 def test_delete_mailbox_gives_room(quota_server):
     m = imap(quota_server, "deleter")
+    # Names go out as they came in: modified UTF-7 ("Entwürfe").
+    m.create("Entw&APw-rfe")
+    assert quota_of(m, "Entw&APw-rfe")["roots"] == ['Entw&APw-rfe "User quota"']
     m.create("Old")
     for _ in range(3):
         m.append("Old", None, None, body(2048))
