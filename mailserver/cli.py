@@ -59,6 +59,15 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--dry-run", action="store_true", help="only report")
     r.add_argument("--grace", type=float, help="seconds an unreferenced object is left alone (default [rbox] gc_grace)")
 
+    p = sub.add_parser("quota", help="a user's quota usage and limits; recount the usage")
+    qsub = p.add_subparsers(dest="quota_command", required=True, metavar="ACTION")
+    q = qsub.add_parser("get", help="print usage and limits (STORAGE in bytes, MESSAGE in messages)")
+    _config_arg(q)
+    q.add_argument("user")
+    q = qsub.add_parser("recalc", help="recount usage from every mailbox, rewrite the counters, print them")
+    _config_arg(q)
+    q.add_argument("user")
+
     p = sub.add_parser("dev-ceph", help="a throwaway one-node Ceph cluster for tests and trials")
     p.add_argument("action", choices=["start", "stop", "status"])
     p.add_argument("--dir", default="/tmp/mailserver-dev-ceph", help="where the cluster keeps its data")
@@ -76,6 +85,7 @@ def main(argv: list[str] | None = None) -> int:
         "dev-ceph": _dev_ceph,
         "force-resync": _admin,
         "rbox": _admin,
+        "quota": _quota,
     }[args.command]
     return handler(args)
 
@@ -149,6 +159,13 @@ def _admin(args) -> int:
     cfg = _load_config(args.config)
     from mailserver import admin
     return admin.run(cfg, args)
+
+
+def _quota(args) -> int:
+    """``quota get`` / ``quota recalc``: in a reactor of their own, like the storage admin commands."""
+    cfg = _load_config(args.config)
+    from mailserver import quota_admin
+    return quota_admin.run(cfg, args)
 
 
 def _dev_ceph(args) -> int:

@@ -138,6 +138,25 @@ def special_use_map(value: dict) -> str | None:
     return None
 
 
+def quota_rule(value: str) -> str | None:
+    from mailserver.storage.quota_rules import RuleError, parse_rule
+    if not value:
+        return None
+    try:
+        parse_rule(value)
+    except RuleError as e:
+        return str(e)
+    return None
+
+
+def quota_rule_list(value: list) -> str | None:
+    for item in value:
+        problem = quota_rule(item) if item else f"{item!r}: empty rule"
+        if problem:
+            return problem
+    return None
+
+
 # --- the schema ---------------------------------------------------------------------------------
 
 DEFAULT_MAILBOXES = {"Drafts": "\\Drafts", "Sent": "\\Sent", "Trash": "\\Trash",
@@ -279,6 +298,24 @@ SCHEMA: dict[str, dict[str, Key]] = {
     "dict": {
         "driver": Key(str, "local", None, "Dictionary driver (entry point in mailserver.dicts) for quota, "
                                           "IMAP METADATA and URLAUTH keys."),
+    },
+    "quota": {
+        "enabled": Key(bool, False, None, "Track and enforce quota (usage kept in the dictionary under "
+                                          "priv/quota/storage and priv/quota/messages); IMAP QUOTA."),
+        "rule": Key(str, "", quota_rule, "Default quota rule, Dovecot's quota_rule (e.g. \"*:storage=1G\"); "
+                                         "a userdb field quota_rule replaces it."),
+        "rules": Key(list, [], quota_rule_list, "Default rules in slot order (quota_rule, quota_rule2...), "
+                                                "instead of rule; a userdb field quota_ruleN replaces slot N."),
+        "root_name": Key(str, "User quota", None, "Name of the quota root shown to IMAP clients."),
+        "full_tempfail": Key(bool, False, None, "LMTP answers an over-quota recipient 452 4.2.2 (try "
+                                                "again later) instead of 552 5.2.2, as Dovecot's "
+                                                "quota_full_tempfail."),
+        "warnings": Key(list, [], None, "Warnings when usage crosses a threshold upward "
+                                        "([[quota.warnings]] tables: resource, percent, message, subject, "
+                                        "script); only the first crossed one fires, so list the highest first.",
+                        item=dict),
+        "rules_cache_seconds": Key(float, 60.0, non_negative, "How long a user's rules looked up in the "
+                                                              "userdb are reused."),
     },
     "rbox": {
         "object_store": Key(str, "local", None, "Object store driver (entry point in mailserver.object_stores)."),
@@ -436,6 +473,7 @@ def validate(raw: dict, where: str) -> Config:
     _derive(sections)
     _check_drivers(sections, where)
     _check_auth(sections, where)
+    _check_quota(sections, where)
     return Config(None if where == "<defaults>" else where, sections)
 
 
@@ -514,6 +552,33 @@ def _check_auth(sections: dict, where: str) -> None:
     if any(db["master"] for db in auth["passdb"]) and not auth["master_user_separator"]:
         raise ConfigError(f"{where}: [auth] master_user_separator: required when a passdb has master = true "
                           "(Dovecot uses \"*\")")
+
+
+# Keys of one [[quota.warnings]] table.
+QUOTA_WARNING_KEYS = {
+    "resource": Key(str, "storage", one_of("storage", "messages"), "Which usage is watched."),
+    "percent": Key(int, 0, lambda v: None if 0 < v <= 1000 else "must be 1..1000", "Threshold, percent of "
+                   "the user's limit.", required=True),
+    "message": Key(str, "", None, "Text of a warning mail delivered to the user's INBOX (empty: none); "
+                                  "%u is the user, %p the percentage."),
+    "subject": Key(str, "Mailbox quota warning", None, "Subject of the warning mail."),
+    "script": Key(str, "", absolute_path, "Program run with the username and the percentage as arguments."),
+}
+
+
+def _check_quota(sections: dict, where: str) -> None:
+    """``rule`` and ``rules`` exclude each other; each warning table is validated and completed."""
+    quota = sections["quota"]
+    if quota["rule"] and quota["rules"]:
+        raise ConfigError(f"{where}: [quota] rule: give rule or rules, not both")
+    checked = []
+    for n, table in enumerate(quota["warnings"], 1):
+        label = f"{where}: [[quota.warnings]] #{n}"
+        warning = validate_table(table, QUOTA_WARNING_KEYS, label)
+        if not warning["message"] and not warning["script"]:
+            raise ConfigError(f"{label}: needs a message or a script")
+        checked.append(warning)
+    quota["warnings"] = checked
 
 
 def _derive(sections: dict) -> None:

@@ -52,6 +52,8 @@ class Server:
         await dictionary.start()
         from mailserver.auth.service import build_authenticator
         auth = build_authenticator(cfg)
+        if cfg.quota.enabled:
+            storage = build_quota_storage(cfg, storage, dictionary, auth)
         self.ctx = ServerContext(config=cfg, storage=storage, auth=auth, dict=dictionary, tls=tls)
         limiter = limits.ConnectionLimiter.from_config(cfg)
         bound = {}
@@ -121,6 +123,25 @@ class Server:
         await self.ctx.storage.stop()
         if self.ctx.dict is not None:
             await self.ctx.dict.stop()
+
+
+def build_quota_storage(cfg, storage, dictionary, auth):
+    """``storage`` wrapped by quota (``[quota] enabled``): rules from the ``[quota]`` section,
+    replaced slot by slot by the user's userdb fields (looked up through ``auth``)."""
+    from mailserver.storage.quota import QuotaStorage
+    from mailserver.storage.quota_rules import QuotaRules, slots_from_config, slots_from_fields
+    from mailserver.storage.quota_warnings import Warnings
+    defaults = slots_from_config(cfg.quota.rule, cfg.quota.rules)
+
+    async def rules_for(username: str) -> QuotaRules:
+        record = await auth.lookup(username)
+        slots = dict(defaults)
+        if record is not None:
+            slots.update(slots_from_fields(record.extra))
+        return QuotaRules.from_slots(slots)
+
+    return QuotaStorage(storage, dictionary, rules_for, root_name=cfg.quota.root_name,
+                        cache_seconds=cfg.quota.rules_cache_seconds, warnings=Warnings.from_config(cfg))
 
 
 def _address(port, spec: str) -> str:

@@ -116,10 +116,11 @@ class RunningServer:
         self._next_user += 1
         return f"user{i:04d}@example.org", f"pw-{i:04d}"
 
-    def add_user(self, name: str, password_field: str) -> None:
-        """Append a passwd-file line (``password_field`` with its {SCHEME}); the server reloads it."""
+    def add_user(self, name: str, password_field: str, extra: str = "") -> None:
+        """Append a passwd-file line (``password_field`` with its {SCHEME}; ``extra``: the extra
+        fields, e.g. ``userdb_quota_rule=*:storage=1M``); the server reloads it."""
         with open(self.passwd_path, "a") as f:
-            f.write(f"{name}:{password_field}::::::\n")
+            f.write(f"{name}:{password_field}::::::{extra}\n")
 
     @property
     def imap_port(self) -> int:

@@ -23,6 +23,7 @@ from mailserver.storage.errors import ErrorKind, StorageError
 
 from . import commands
 from .commands import Done, State, Sync
+from .commands.quota import capabilities as quota_capabilities
 from .extensions import EXTENSIONS_A
 from .errors import CommandError, is_server_fault, storage_answer
 from .parser import CONTINUE, Args, BadSyntax, Command, CommandParser, LineTooLong, ParseError
@@ -114,6 +115,8 @@ class IMAPServerProtocol(Protocol):
             caps += ["COMPRESS=DEFLATE", "UNAUTHENTICATE"]
             if self.ctx.dict is not None:
                 caps += ["URLAUTH", "METADATA"]
+            # Post-login only, as Dovecot's imap_quota plugin adds them.
+            caps += quota_capabilities(self.ctx.config.quota.enabled)
         return caps
 
     @property

@@ -28,15 +28,17 @@ class Recipient:
 
 
 def deliver(storage, recipients: list[Recipient], data: bytes, internaldate: int, *, session: str,
-            event: dict, to_detail_mailbox: bool) -> list[defer.Deferred]:
-    """Start saving ``data``; one Deferred per recipient (in order) firing with its reply line."""
+            event: dict, to_detail_mailbox: bool, quota_tempfail: bool = False) -> list[defer.Deferred]:
+    """Start saving ``data``; one Deferred per recipient (in order) firing with its reply line.
+    ``quota_tempfail``: an over-quota recipient gets 452 4.2.2 rather than 552 5.2.2."""
     groups: dict[tuple[str, str], list[Recipient]] = {}
     for rcpt in recipients:
         groups.setdefault((rcpt.username, rcpt.detail if to_detail_mailbox else ""), []).append(rcpt)
     # Every copy is the same bytes when there are several: parse once, not once per user.
     analysis = mime.analyze(data) if len(groups) > 1 else None
     saves = {key: defer.Deferred.fromCoroutine(
-                 _save(storage, key[0], key[1], rcpts, data, internaldate, analysis, session, event))
+                 _save(storage, key[0], key[1], rcpts, data, internaldate, analysis, session, event,
+                       quota_tempfail))
              for key, rcpts in groups.items()}
     out = []
     for rcpt in recipients:
@@ -63,7 +65,8 @@ def _reply_for(save: defer.Deferred, rcpt: Recipient) -> defer.Deferred:
 
 
 async def _save(storage, username: str, detail: str, rcpts: list[Recipient], data: bytes,
-                internaldate: int, analysis, session: str, event: dict) -> tuple[str, str]:
+                internaldate: int, analysis, session: str, event: dict,
+                quota_tempfail: bool = False) -> tuple[str, str]:
     """Save into the user's detail mailbox (when it exists) or INBOX; (code, text) of the reply."""
     addresses = ", ".join(r.address for r in rcpts)
     event = dict(event, recipient=addresses, rcpt_user=username, size=len(data))
@@ -83,7 +86,7 @@ async def _save(storage, username: str, detail: str, rcpts: list[Recipient], dat
         finally:
             await user.close()
     except StorageError as e:
-        return _storage_failure(e, event)
+        return _storage_failure(e, event, quota_tempfail)
     except Exception:
         log.failure("delivery to {recipient} failed", **event)
         return "451 4.3.0", "Temporary internal error"
@@ -106,10 +109,16 @@ async def _save_into(user, mailbox: str, data: bytes, internaldate: int, analysi
     return result.uids[0] if result.uids else "?"
 
 
-def _storage_failure(e: StorageError, event: dict) -> tuple[str, str]:
+def quota_reply(tempfail: bool) -> tuple[str, str]:
+    """The reply to a recipient over quota: permanent (552 5.2.2, RFC 3463 mailbox full), or
+    temporary with ``[quota] full_tempfail`` (as Dovecot's quota_full_tempfail)."""
+    return ("452 4.2.2" if tempfail else "552 5.2.2"), "Quota exceeded (mailbox for user is full)"
+
+
+def _storage_failure(e: StorageError, event: dict, quota_tempfail: bool = False) -> tuple[str, str]:
     if e.kind is ErrorKind.OVER_QUOTA:
         log.info("delivery to {recipient}: over quota: {detail}", detail=e.detail, **event)
-        return "552 5.2.2", "Quota exceeded (mailbox for user is full)"
+        return quota_reply(quota_tempfail)
     if e.kind is ErrorKind.TOO_BIG:
         log.info("delivery to {recipient}: too big: {detail}", detail=e.detail, **event)
         return "552 5.3.4", "Message too big for system"

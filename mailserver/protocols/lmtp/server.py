@@ -18,9 +18,10 @@ from twisted.logger import Logger
 from mailserver import tls
 from mailserver.auth import AuthUnavailable
 from mailserver.protocols.linebased import LineServerFactory, LineServerProtocol
-from mailserver.protocols.lmtp.delivery import Recipient, deliver
+from mailserver.protocols.lmtp.delivery import Recipient, deliver, quota_reply
 from mailserver.protocols.lmtp.message import (ChunkReader, DataReader, PathError, body_problem, normalize_crlf,
                                                parse_path, recipient_username, trace_headers, xtext_decode)
+from mailserver.storage.errors import ErrorKind, StorageError
 
 log = Logger(namespace="mailserver.lmtp")
 
@@ -42,6 +43,8 @@ class LMTPServer(LineServerProtocol):
     add_received_header = True
     max_body_line_length = 1000
     trusted_networks: tuple = ()
+    quota_enabled = False               # [quota] enabled: RCPT checks a SIZE= against the quota
+    quota_tempfail = False              # [quota] full_tempfail: 452 4.2.2 instead of 552 5.2.2
 
     def __init__(self, ctx=None):
         super().__init__(ctx)
@@ -54,6 +57,7 @@ class LMTPServer(LineServerProtocol):
         self.sender: str | None = None
         self.body_type = "7BIT"
         self.smtputf8 = False
+        self.size_hint: int | None = None   # MAIL FROM SIZE=, checked against quota at RCPT
         self.recipients: list[Recipient] = []
         self.reader: DataReader | None = None
         self.chunks: ChunkReader | None = None
@@ -169,7 +173,7 @@ class LMTPServer(LineServerProtocol):
         except PathError as e:
             self.send(f"501 5.5.4 Invalid FROM: {e}")
             return
-        body_type, smtputf8 = "7BIT", False
+        body_type, smtputf8, size_hint = "7BIT", False, None
         for key, value in params.items():
             if key == "SIZE":
                 if not value.isdigit() or len(value) > 20:
@@ -178,6 +182,7 @@ class LMTPServer(LineServerProtocol):
                 if int(value) > self.max_message_size:
                     self.send("552 5.3.4 Message size exceeds fixed maximum message size")
                     return
+                size_hint = int(value)
             elif key == "BODY":
                 if value.upper() not in _BODY_TYPES:
                     self.send("501 5.5.4 Unsupported BODY parameter")
@@ -195,6 +200,7 @@ class LMTPServer(LineServerProtocol):
             self.send("553 5.6.7 Non-ASCII address needs the SMTPUTF8 parameter")
             return
         self.sender, self.body_type, self.smtputf8 = sender, body_type, smtputf8
+        self.size_hint = size_hint
         self.send("250 2.1.0 OK")
 
     async def cmd_RCPT(self, arg: str):
@@ -233,8 +239,32 @@ class LMTPServer(LineServerProtocol):
             log.info("RCPT {address}: unknown user {name}", address=address, name=name, **self.event())
             self.send(f"550 5.1.1 <{address}> User doesn't exist: {name}")
             return
+        if self.quota_enabled and self.size_hint and not await self._fits(address, record.username):
+            return
         self.recipients.append(Recipient(address, record.username, detail))
         self.send("250 2.1.5 OK")
+
+    async def _fits(self, address: str, username: str) -> bool:
+        """RCPT after MAIL FROM with SIZE=: refuse a recipient now when a message of that size
+        cannot fit into its INBOX (the MTA then keeps the message instead of sending it).
+        Other storage trouble is left for the delivery to answer."""
+        try:
+            user = await self.ctx.storage.open_user(username)
+            try:
+                await user.check_quota("INBOX", self.size_hint)
+            finally:
+                await user.close()
+        except StorageError as e:
+            if e.kind is not ErrorKind.OVER_QUOTA:
+                log.warn("RCPT {address}: quota check failed: {detail}", address=address, detail=e.detail,
+                         **self.event())
+                return True
+            log.info("RCPT {address}: over quota for {size} bytes: {detail}", address=address,
+                     size=self.size_hint, detail=e.detail, **self.event())
+            code, text = quota_reply(self.quota_tempfail)
+            self.send(f"{code} <{address}> {text}")
+            return False
+        return True
 
     def cmd_DATA(self, arg: str):
         if self.sender is None:
@@ -419,7 +449,8 @@ class LMTPServer(LineServerProtocol):
         data = trace_headers(sender, [r.address for r in recipients], helo, self.peer_host,
                              self.hostname, self.session, received=self.add_received_header, utf8=utf8) + body
         replies = deliver(self.ctx.storage, recipients, data, int(time.time()), session=self.session,
-                          event=self.event(), to_detail_mailbox=self.save_to_detail_mailbox)
+                          event=self.event(), to_detail_mailbox=self.save_to_detail_mailbox,
+                          quota_tempfail=self.quota_tempfail)
         for reply in replies:
             self.send(await reply)
 
@@ -453,6 +484,8 @@ class LMTPFactory(LineServerFactory):
         proto.add_received_header = c.lmtp.add_received_header
         proto.max_body_line_length = c.lmtp.max_body_line_length
         proto.trusted_networks = self.trusted_networks
+        proto.quota_enabled = c.quota.enabled
+        proto.quota_tempfail = c.quota.full_tempfail
 
     @property
     def trusted_networks(self) -> tuple:

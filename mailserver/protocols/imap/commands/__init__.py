@@ -68,6 +68,6 @@ def command(name: str, states: frozenset, sync: Sync = Sync.CHANGES, takes_input
 def load() -> dict[str, Spec]:
     """Import every command module (they register themselves) and return the table."""
     from . import auth, basic, listing, mailboxes, messages, notify, searching, starttls  # noqa: F401
-    from . import append, metadata, urlauth  # noqa: F401
+    from . import append, metadata, quota, urlauth  # noqa: F401
     from .. import compress, fetch  # noqa: F401
     return COMMANDS
