@@ -175,6 +175,28 @@ async def test_state_survives_a_new_storage_instance(storage, tmp_path):
 
 
 @pytest_twisted.ensureDeferred
+async def test_expunge_sees_deleted_flags_another_process_just_set(storage, tmp_path):
+    """Regression: EXPUNGE in a process whose index had not yet read another process's STORE
+    \\Deleted found nothing to do in its stale state and expunged nothing."""
+    user = await storage.open_user("hana")
+    await save(user, "INBOX", mail(1), mail(2))
+    box = await user.open_mailbox("INBOX")
+    other = make_storage(tmp_path)
+    await other.start()
+    try:
+        u2 = await other.open_user("hana")
+        b2 = await u2.open_mailbox("INBOX")
+        await b2.store([2], StoreMode.ADD, ["\\Deleted"])
+        assert await box.expunge() == [2]
+        await box.refresh()
+        assert list(box.uids()) == [1]
+        assert await box.store([2], StoreMode.ADD, ["\\Seen"]) is not None   # a no-op stays one
+        await b2.close()
+    finally:
+        await other.stop()
+
+
+@pytest_twisted.ensureDeferred
 async def test_missing_object_makes_only_that_message_unavailable(storage, tmp_path):
     user = await storage.open_user("hank")
     await save(user, "INBOX", mail(1), mail(2))

@@ -167,6 +167,7 @@ class MailboxIndex:
         ``also_append``: ``(path, data)`` writes of this mailbox's cache, done with the first
         attempt's log write."""
         await self._lock.acquire()
+        caught_up = changed = False
         try:
             cut = None
             riders = list(also_append)
@@ -174,9 +175,16 @@ class MailboxIndex:
                 planned = build(self.state)
                 recs, result = planned if planned is not None else ((), None)
                 if not recs:
+                    # Nothing to do in our state, which may be stale: another process may have
+                    # flagged \Deleted a moment ago.  Only a write finds conflicts, so read on.
+                    if not caught_up:
+                        caught_up = True
+                        if await self._replay():
+                            changed = True
+                            continue
                     for other, chunk in riders:     # nothing to write to the log: the riders alone
                         await self.store.append(other, chunk)
-                    return result
+                    break
                 data = b"".join(encode(r) for r in recs)
                 path = self.log_path()
                 offset = self.state.log_offset
@@ -187,6 +195,7 @@ class MailboxIndex:
                     for r in recs:
                         self.state.apply(r)
                     self.state.log_offset = offset + len(data)
+                    changed = True
                     break
                 if tail is None:
                     await self._replay()
@@ -208,7 +217,8 @@ class MailboxIndex:
                 await self._rotate()
         finally:
             self._lock.release()
-        self.notify()
+        if changed:
+            self.notify()
         return result
 
     async def _rotate(self) -> None:
