@@ -59,6 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--dry-run", action="store_true", help="only report")
     r.add_argument("--grace", type=float, help="seconds an unreferenced object is left alone (default [rbox] gc_grace)")
 
+    from mailserver import dictcli
+    dictcli.add_parser(sub, _config_arg)
+
     p = sub.add_parser("dev-ceph", help="a throwaway one-node Ceph cluster for tests and trials")
     p.add_argument("action", choices=["start", "stop", "status"])
     p.add_argument("--dir", default="/tmp/mailserver-dev-ceph", help="where the cluster keeps its data")
@@ -76,6 +79,7 @@ def main(argv: list[str] | None = None) -> int:
         "dev-ceph": _dev_ceph,
         "force-resync": _admin,
         "rbox": _admin,
+        "dict": _dict,
     }[args.command]
     return handler(args)
 
@@ -149,6 +153,13 @@ def _admin(args) -> int:
     cfg = _load_config(args.config)
     from mailserver import admin
     return admin.run(cfg, args)
+
+
+def _dict(args) -> int:
+    """``mailserver dict ...`` against the configured dictionary driver."""
+    cfg = _load_config(args.config)
+    from mailserver import dictcli
+    return dictcli.run(cfg, args)
 
 
 def _dev_ceph(args) -> int:
