@@ -82,3 +82,27 @@ def apply(current: dict, sets: dict, increments: dict) -> dict[str, str | None]:
         base = out[key] if key in out else current.get(key)
         out[key] = str(counter(key, base) + amount)
     return out
+
+
+def apply_batch(current: dict, batch: list[tuple[dict, dict]]) -> tuple[dict, list]:
+    """Several transactions on one space applied in order, as if one after the other: the new
+    value (None: removed) of every key they touch, and each one's outcome (None, or the
+    StorageError that refused it -- a refused transaction contributes nothing).  ``current`` as
+    for ``apply``, covering the incremented keys of every transaction."""
+    view = dict(current)
+    values: dict[str, str | None] = {}
+    outcomes: list = []
+    for sets, increments in batch:
+        try:
+            changes = apply(view, sets, increments)
+        except StorageError as e:
+            outcomes.append(e)
+            continue
+        outcomes.append(None)
+        values.update(changes)
+        for key, value in changes.items():
+            if value is None:
+                view.pop(key, None)
+            else:
+                view[key] = value
+    return values, outcomes

@@ -12,7 +12,9 @@ read) on every counter read -- or, if the object did not exist, an exclusive cre
 write that raced with another process or host fails whole with ECANCELED (EEXIST) and is
 retried from the read, after a short random delay, at most MAX_ATTEMPTS times, then TEMPORARY.
 Comparing the values rather than the object version lets writers of other keys of the same
-object (every user's ``shared/`` keys live in one) go on without conflicts.  Known limit: a
+object (every user's ``shared/`` keys live in one) go on without conflicts.  Increments on one
+object from this process are queued and committed in batches (one read and one WriteOp for all
+transactions waiting, each applied in turn), so they do not make each other retry.  Known limit: a
 counter that was missing at the read is compared as "missing or empty", so a concurrent set of
 that key to "" is overwritten instead of making the increment INVALID.
 
@@ -47,7 +49,8 @@ PRIVATE_OID = "dict"               # in each user's namespace (store.FOREIGN_OID
 SHARED_OID = "dict-shared"
 SHARED_NAMESPACE = "#dict-shared"  # '#' is not in the default [auth] username_chars
 PAGE = 500          # omap entries per read when iterating (x 1 MiB values < the OSD's 1 GiB reply cap)
-MAX_ATTEMPTS = 16   # conflicting increments retried this often, then TEMPORARY
+MAX_ATTEMPTS = 32   # conflicting increments retried this often, then TEMPORARY
+MAX_BATCH = 256     # transactions of one process committed in one WriteOp
 MAX_WRITE = 64 * 1024 * 1024   # bytes of keys and values in one object's write (osd_max_write_size: 90 MB)
 THREADS = "rados-dict"
 
@@ -71,7 +74,9 @@ class RadosDict(Dict):
         self._aio = AioBridge(self._reactor, op_timeout)
         self._cluster = None
         self._ioctx = None            # reactor thread only: aio submission
-        self._busy: dict[tuple, defer.DeferredLock] = {}
+        self._locks: dict[tuple, defer.DeferredLock] = {}    # per (ns, oid): one writer with reads
+        self._queues: dict[tuple, list] = {}                 # per (ns, oid): increments waiting
+        self._draining: dict[tuple, defer.Deferred] = {}  # per (ns, oid): its queue's drainer
 
     @classmethod
     def from_config(cls, config) -> "RadosDict":
@@ -96,8 +101,9 @@ class RadosDict(Dict):
                                                     f"(dictionary): {e or type(e).__name__}") from e
 
     async def stop(self) -> None:
-        """Wait (each at most op_timeout) for operations in flight, then disconnect."""
-        for d in list(self._aio.in_flight):
+        """Wait for queued transactions and operations in flight (each at most op_timeout),
+        then disconnect."""
+        for d in list(self._draining.values()) + list(self._aio.in_flight):
             try:
                 await d
             except Exception:
@@ -187,47 +193,135 @@ class RadosDict(Dict):
         halves = dictrules.split(sets, increments)
         parts = [(*self._object(username, space), s, inc) for space, (s, inc) in halves.items()]
         for ns, oid, s, _ in parts:
-            size = sum(len(k.encode()) + len(v.encode()) for k, v in s.items() if v is not None)
-            if size > MAX_WRITE:
-                raise StorageError(ErrorKind.LIMIT, f"rados dict: transaction writes {size} bytes into "
-                                                    f"{ns}/{oid}, more than {MAX_WRITE}")
-        # One increment per object at a time in this process: concurrent ones here would only
-        # make each other retry.  Locks are taken in the fixed priv/, shared/ order.
+            if _size(s) > MAX_WRITE:
+                raise StorageError(ErrorKind.LIMIT, f"rados dict: transaction writes {_size(s)} bytes "
+                                                    f"into {ns}/{oid}, more than {MAX_WRITE}")
+        if len(parts) == 1 and parts[0][3]:
+            ns, oid, s, inc = parts[0]
+            await self._enqueue((ns, oid), s, inc)
+        elif not any(inc for *_, inc in parts):
+            for ns, oid, s, _ in parts:                     # sets only: nothing to read or compare
+                await self._commit(ns, oid, [(s, {})])
+        else:
+            await self._both(parts)
+
+    async def _both(self, parts) -> None:
+        """Increments in both halves: the two objects' locks (priv/ first), both read and checked,
+        then the user's object written, then the shared one."""
         held = []
         try:
-            for ns, oid, _, inc in parts:
-                if inc:
-                    lock = self._busy.setdefault((ns, oid), defer.DeferredLock())
-                    await lock.acquire()
-                    held.append(((ns, oid), lock))
-            plans = [await self._plan(*part) for part in parts]     # every check before any write
-            for part, plan in zip(parts, plans):
-                await self._commit(part, plan)
+            for ns, oid, _, _ in parts:
+                lock = self._locks.setdefault((ns, oid), defer.DeferredLock())
+                await lock.acquire()
+                held.append(((ns, oid), lock))
+            plans = []
+            for ns, oid, s, inc in parts:                     # every check before any write
+                plan = await self._plan(ns, oid, [(s, inc)])
+                if plan[2][0] is not None:
+                    raise plan[2][0]
+                plans.append(plan)
+            for (ns, oid, s, inc), plan in zip(parts, plans):
+                outcome = (await self._commit(ns, oid, [(s, inc)], plan))[0]
+                if outcome is not None:
+                    raise outcome
         finally:
             for name, lock in reversed(held):
                 lock.release()
-                if not lock.locked and not lock.waiting:
-                    self._busy.pop(name, None)
+                self._forget(name)
 
-    async def _plan(self, ns, oid, sets, increments):
-        """(new values, guards) for one object: guards are the values read (None: no object)."""
-        if not increments:
-            return dictrules.apply({}, sets, {}), {}
-        current = await self._values(ns, oid, increments, f"rados dict read {ns}/{oid}")
-        guards = None if current is None else {k: current.get(k, "") for k in increments}
-        return dictrules.apply(current or {}, sets, increments), guards
+    # Increments on one object from this process are queued and committed in batches: one read
+    # and one WriteOp for every transaction waiting, each applied in turn (a refused one changes
+    # nothing).  Concurrent increments of one counter in one process would otherwise only make
+    # each other retry; batched, they cost one round trip pair for many.
 
-    async def _commit(self, part, plan) -> None:
-        """Write one object's plan; on a conflict re-read, re-plan and retry (bounded, jittered)."""
-        ns, oid = part[0], part[1]
+    async def _enqueue(self, name: tuple, sets: dict, increments: dict) -> None:
+        """Queue one transaction for object ``name`` and wait for its batch."""
+        d = defer.Deferred()
+        self._queues.setdefault(name, []).append((sets, increments, d))
+        if name not in self._draining:
+            drain = defer.Deferred.fromCoroutine(self._drain(name))
+            if not drain.called:        # it may have finished already (not connected: at once)
+                self._draining[name] = drain
+        await d
+
+    def _take(self, name: tuple, batch: list) -> None:
+        """Move waiting transactions of ``name`` into ``batch`` while it stays within the limits."""
+        queue = self._queues.get(name, [])
+        size = sum(_size(s) for s, _, _ in batch)
+        while queue and len(batch) < MAX_BATCH and (not batch or size + _size(queue[0][0]) <= MAX_WRITE):
+            size += _size(queue[0][0])
+            batch.append(queue.pop(0))
+
+    async def _drain(self, name: tuple) -> None:
+        """Commit the queue of ``name`` batch by batch, under its lock; fire every Deferred."""
+        ns, oid = name
+        lock = self._locks.setdefault(name, defer.DeferredLock())
+        try:
+            while self._queues.get(name):
+                await lock.acquire()
+                batch: list = []
+                try:
+                    self._take(name, batch)
+                    try:
+                        outcomes = await self._commit(ns, oid, batch, take=lambda: self._take(name, batch))
+                    except Exception as e:      # TEMPORARY, or a bug: never leave a caller waiting
+                        outcomes = [e] * len(batch)
+                finally:
+                    lock.release()
+                for (_, _, d), outcome in zip(batch, outcomes):
+                    if outcome is None:
+                        d.callback(None)
+                    else:
+                        d.errback(outcome)
+        finally:
+            self._draining.pop(name, None)
+            self._queues.pop(name, None)
+            self._forget(name)
+
+    def _forget(self, name: tuple) -> None:
+        """Drop the lock of an object nobody uses now (one per object ever seen would pile up)."""
+        lock = self._locks.get(name)
+        if lock is not None and not lock.locked and not lock.waiting and name not in self._draining:
+            del self._locks[name]
+
+    async def _plan(self, ns: str, oid: str, txs: list) -> tuple:
+        """(new values, guards, outcomes) of transactions ``[(sets, increments)]`` on one object.
+        Guards: the incremented keys' values as read ("" when missing), None if the object
+        does not exist, {} when nothing was read."""
+        keys = {key for _, inc in txs for key in inc}
+        if not keys:
+            values, outcomes = dictrules.apply_batch({}, txs)
+            return values, {}, outcomes
+        current = await self._values(ns, oid, keys, f"rados dict read {ns}/{oid}")
+        guards = None if current is None else {k: current.get(k, "") for k in keys}
+        values, outcomes = dictrules.apply_batch(current or {}, txs)
+        return values, guards, outcomes
+
+    async def _commit(self, ns: str, oid: str, batch: list, plan=None, take=None) -> list:
+        """Plan and write ``batch`` (``(sets, increments, ...)`` tuples); after a conflict wait a
+        little, ``take()`` more waiting work, re-plan and retry, at most MAX_ATTEMPTS times.
+        Each transaction's outcome (None or its error)."""
         for attempt in range(MAX_ATTEMPTS):
-            if await self._write(ns, oid, *plan):
-                return
-            await task.deferLater(self._reactor, random.uniform(0, min(0.05, 0.001 * 2 ** attempt)),
-                                  lambda: None)
-            plan = await self._plan(*part)
+            if plan is None:
+                plan = await self._plan(ns, oid, [(t[0], t[1]) for t in batch])
+            values, guards, outcomes = plan
+            if not values or await self._write(ns, oid, values, guards):
+                if attempt:
+                    # Another process or host writes this object too: leave it a window before
+                    # our next batch, or a writer that just lost could keep losing.
+                    await self._pause(0)
+                return outcomes
+            await self._pause(attempt)
+            if take is not None:
+                take()
+            plan = None
         raise StorageError(ErrorKind.TEMPORARY, f"rados dict: {ns}/{oid}: increments still conflicting "
                                                 f"after {MAX_ATTEMPTS} attempts")
+
+    async def _pause(self, attempt: int) -> None:
+        """A random delay growing with ``attempt`` (jitter: retries of competing writers spread)."""
+        await task.deferLater(self._reactor, random.uniform(0, min(0.02, 0.0005 * 2 ** attempt)),
+                              lambda: None)
 
     async def _write(self, ns: str, oid: str, values: dict, guards: dict | None) -> bool:
         """One WriteOp: guards (omap_cmp, or exclusive create when ``guards`` is None), then the
@@ -256,3 +350,8 @@ class RadosDict(Dict):
         if rv == -errno.ENOENT and guards == {} and not new:
             return True                 # only removals, from an object that does not exist
         return rv >= 0
+
+
+def _size(sets: dict) -> int:
+    """Bytes of keys and values a transaction's sets write."""
+    return sum(len(k.encode()) + len(v.encode()) for k, v in sets.items() if v is not None)

@@ -139,6 +139,23 @@ async def test_transaction_all_or_nothing(d, shared):
 
 
 @pytest_twisted.ensureDeferred
+async def test_concurrent_transactions_in_one_process(d, shared):
+    """Many increments of one object at once (the rados driver commits them in batches), a
+    refused one among them: each is all or nothing on its own."""
+    from twisted.internet import defer
+    await d.set("ann", "priv/word", "x")
+    good = [d.increment("ann", "priv/c", 1) for _ in range(300)]
+    bad = [d.transaction("ann", sets={"priv/bad": "1"}, increments={"priv/c": 1000, "priv/word": 1})]
+    both = [d.transaction("ann", increments={"priv/c": 1, shared + "c": 1}) for _ in range(20)]
+    results = await defer.DeferredList([defer.Deferred.fromCoroutine(c) for c in good + bad + both],
+                                       consumeErrors=True)
+    failures = [r for ok, r in results if not ok]
+    assert len(failures) == 1 and failures[0].value.kind is ErrorKind.INVALID
+    assert await d.get("ann", "priv/c") == "320" and await d.get("ann", shared + "c") == "20"
+    assert await d.get("ann", "priv/bad") is None
+
+
+@pytest_twisted.ensureDeferred
 async def test_key_and_value_validation(d, shared):
     for key in ("a/b", "private/x", "priv/", "priv//x", "priv/x/", "priv/a\0b", "priv/" + "x" * 1020, 5):
         await expect(ErrorKind.INVALID, d.set("ann", key, "v"))
