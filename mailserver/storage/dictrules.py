@@ -64,6 +64,11 @@ def split(sets, increments) -> dict[str, tuple[dict, dict]]:
     return {s: halves[s] for s in SPACES if s in halves}
 
 
+def is_counter(value: str) -> bool:
+    """Is ``value`` a decimal integer ("" -- a missing key's stand-in -- counts as one)?"""
+    return value == "" or _COUNTER.fullmatch(value) is not None
+
+
 def counter(key: str, value: str | None) -> int:
     """A counter's current value (missing: 0); INVALID if it is not a decimal integer."""
     if value is None:

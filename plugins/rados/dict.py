@@ -293,7 +293,10 @@ class RadosDict(Dict):
             values, outcomes = dictrules.apply_batch({}, txs)
             return values, {}, outcomes
         current = await self._values(ns, oid, keys, f"rados dict read {ns}/{oid}")
-        guards = None if current is None else {k: current.get(k, "") for k in keys}
+        # No guard on a value that is not a counter: every increment of it is refused (nothing
+        # written for it), and python-rados' omap_cmp compares only len(str) bytes of the value.
+        guards = None if current is None else {k: current.get(k, "") for k in keys
+                                               if dictrules.is_counter(current.get(k, ""))}
         values, outcomes = dictrules.apply_batch(current or {}, txs)
         return values, guards, outcomes
 

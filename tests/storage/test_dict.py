@@ -143,7 +143,7 @@ async def test_concurrent_transactions_in_one_process(d, shared):
     """Many increments of one object at once (the rados driver commits them in batches), a
     refused one among them: each is all or nothing on its own."""
     from twisted.internet import defer
-    await d.set("ann", "priv/word", "x")
+    await d.set("ann", "priv/word", "mot clé")     # not a counter, and not ASCII
     good = [d.increment("ann", "priv/c", 1) for _ in range(300)]
     bad = [d.transaction("ann", sets={"priv/bad": "1"}, increments={"priv/c": 1000, "priv/word": 1})]
     both = [d.transaction("ann", increments={"priv/c": 1, shared + "c": 1}) for _ in range(20)]
