@@ -32,6 +32,7 @@ class LocalDict(Dict):
     """Dict on local files (the embedded default)."""
 
     def __init__(self, root: str):
+        """Files under ``root`` (created on the first write)."""
         self.root = root
         self._locks: dict[str, defer.DeferredLock] = {}
 

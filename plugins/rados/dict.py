@@ -65,6 +65,7 @@ class RadosDict(Dict):
 
     def __init__(self, *, ceph_conf: str, pool: str, client_name: str = "client.admin",
                  op_timeout: float = 10.0, namespace_suffix: str = "_namespace", reactor=None):
+        """Not connected until ``start``."""
         self.ceph_conf = ceph_conf
         self.pool = pool
         self.client_name = client_name
@@ -77,6 +78,8 @@ class RadosDict(Dict):
         self._locks: dict[tuple, defer.DeferredLock] = {}    # per (ns, oid): one writer with reads
         self._queues: dict[tuple, list] = {}                 # per (ns, oid): increments waiting
         self._draining: dict[tuple, defer.Deferred] = {}  # per (ns, oid): its queue's drainer
+        self.conflicts = 0            # writes that lost a race and were retried (for operators)
+        self.batches = 0              # WriteOps that committed transactions with increments
 
     @classmethod
     def from_config(cls, config) -> "RadosDict":
@@ -309,11 +312,13 @@ class RadosDict(Dict):
                 plan = await self._plan(ns, oid, [(t[0], t[1]) for t in batch])
             values, guards, outcomes = plan
             if not values or await self._write(ns, oid, values, guards):
+                self.batches += guards != {}
                 if attempt:
                     # Another process or host writes this object too: leave it a window before
                     # our next batch, or a writer that just lost could keep losing.
                     await self._pause(0)
                 return outcomes
+            self.conflicts += 1
             await self._pause(attempt)
             if take is not None:
                 take()

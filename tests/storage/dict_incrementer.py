@@ -30,6 +30,8 @@ async def run(reactor, config_path: str, user: str, key: str, count: int, in_fli
                                   consumeErrors=True)
     finally:
         await dictionary.stop()
+    if hasattr(dictionary, "conflicts"):       # rados: how contended the run was, for the log
+        print(f"write ops {dictionary.batches}, conflicts retried {dictionary.conflicts}")
 
 
 def main(argv: list[str]) -> int:

@@ -194,10 +194,12 @@ def test_two_processes_increment_one_counter(sections, tmp_path):
     flight per process): no update lost, exactly 20,000."""
     conf = write_config(tmp_path / "dict.toml", sections)
     procs = [subprocess.Popen([sys.executable, "-m", "tests.storage.dict_incrementer", conf, "ann",
-                               "priv/count", "10000", "8"], stderr=subprocess.PIPE) for _ in range(2)]
+                               "priv/count", "10000", "8"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+             for _ in range(2)]
     for p in procs:
-        _, err = p.communicate(timeout=600)
+        out, err = p.communicate(timeout=600)
         assert p.returncode == 0, err.decode()[-2000:]
+        print(out.decode(), end="")
     out = subprocess.run([sys.executable, "-m", "mailserver", "dict", "get", "--config", conf, "ann", "priv/count"],
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
