@@ -68,6 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
     _config_arg(q)
     q.add_argument("user")
 
+    from mailserver import dictcli
+    dictcli.add_parser(sub, _config_arg)
+
     p = sub.add_parser("dev-ceph", help="a throwaway one-node Ceph cluster for tests and trials")
     p.add_argument("action", choices=["start", "stop", "status"])
     p.add_argument("--dir", default="/tmp/mailserver-dev-ceph", help="where the cluster keeps its data")
@@ -86,6 +89,7 @@ def main(argv: list[str] | None = None) -> int:
         "force-resync": _admin,
         "rbox": _admin,
         "quota": _quota,
+        "dict": _dict,
     }[args.command]
     return handler(args)
 
@@ -166,6 +170,13 @@ def _quota(args) -> int:
     cfg = _load_config(args.config)
     from mailserver import quota_admin
     return quota_admin.run(cfg, args)
+
+
+def _dict(args) -> int:
+    """``mailserver dict ...`` against the configured dictionary driver."""
+    cfg = _load_config(args.config)
+    from mailserver import dictcli
+    return dictcli.run(cfg, args)
 
 
 def _dev_ceph(args) -> int:

@@ -298,6 +298,12 @@ SCHEMA: dict[str, dict[str, Key]] = {
     "dict": {
         "driver": Key(str, "local", None, "Dictionary driver (entry point in mailserver.dicts) for quota, "
                                           "IMAP METADATA and URLAUTH keys."),
+        "ceph_conf": Key(str, "", absolute_path, "rados driver: ceph.conf of the cluster; empty: [rados] ceph_conf."),
+        "pool": Key(str, "", None, "rados driver: pool holding the dictionary objects (created if missing); "
+                                   "empty: [rados] pool."),
+        "client_name": Key(str, "", None, "rados driver: Ceph client (cephx user) name; empty: [rados] client_name."),
+        "op_timeout": Key(float, 0.0, non_negative, "rados driver: seconds before a dictionary operation (or "
+                                                    "connecting) fails as temporary; 0: [rados] op_timeout."),
     },
     "quota": {
         "enabled": Key(bool, False, None, "Track and enforce quota (usage kept in the dictionary under "

@@ -43,6 +43,7 @@ def transcript_backend(request):
         cluster = request.getfixturevalue("ceph_cluster")
         backends.overrides = {
             "rbox": {"object_store": "rados", "index_store": "cephfs"},
+            "dict": {"driver": "rados"},
             "rados": {"ceph_conf": cluster.conf_path, "pool": "transcripts", "op_timeout": 5.0},
             "cephfs": {"ceph_conf": cluster.conf_path, "root": "/t-" + uuid.uuid4().hex[:10], "op_timeout": 5.0},
         }

@@ -17,9 +17,11 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def ceph_config(conf: str, tag: str, pool: str = "servertest", rbox: str = "", cephfs: str = "") -> str:
-    """Extra configuration putting mail in RADOS and the index in CephFS (a root of its own);
-    ``rbox`` and ``cephfs``: more TOML lines for those sections."""
+    """Extra configuration putting mail in RADOS, the index in CephFS (a root of its own) and the
+    dictionary in RADOS omap (pool etc. from [rados]); ``rbox`` and ``cephfs``: more TOML lines
+    for those sections."""
     return (f'[rbox]\nobject_store = "rados"\nindex_store = "cephfs"\n{rbox}\n'
+            f'[dict]\ndriver = "rados"\n\n'
             f'[rados]\nceph_conf = "{conf}"\npool = "{pool}"\nop_timeout = 5.0\n\n'
             f'[cephfs]\nceph_conf = "{conf}"\nroot = "/server-{tag}"\nop_timeout = 5.0\n{cephfs}')
 

@@ -37,10 +37,15 @@ from mailserver.storage.drivers import META_VERSION, OBJECT_FORMAT_VERSION, Obje
 from mailserver.storage.errors import ErrorKind, StorageError
 
 from .aio import AioBridge, storage_error
+from .cluster import connect
 
 REF_PREFIX = "ref."          # omap key of a reference: REF_PREFIX + ref
 DYING_KEY = "dying"          # omap key set while the last reference's removal deletes the object
 STATE_PREFIX = "state."      # object name prefix of mutable state objects (index checkpoints)
+# Objects other drivers keep in the same namespaces (the RADOS dictionary's omap objects).  Mail
+# oids are hex GUIDs, so these never clash; ``list`` skips them, or gc would delete them as
+# incomplete mail.
+FOREIGN_OIDS = frozenset({"dict", "dict-shared"})
 DEFAULT_MAX_WRITE_SIZE = 90 * 1024 * 1024        # Ceph's osd_max_write_size default (90 MB)
 DEFAULT_MAX_OBJECT_SIZE = 128 * 1024 * 1024      # Ceph's osd_max_object_size default
 WRITE_OVERHEAD = 64 * 1024   # room left in a write for xattrs and omap (osd_max_write_size counts them)
@@ -49,6 +54,14 @@ THREADS = "rados"
 THREAD_COUNT = 2
 
 log = Logger()
+
+
+def user_namespace(username: str, suffix: str) -> str:
+    """The RADOS namespace of a user's objects: username + ``[rbox] namespace_suffix``.  The
+    one derivation, shared by every driver keeping per-user objects in RADOS (the dictionary)."""
+    if not username:
+        raise StorageError(ErrorKind.INTERNAL, "rados: empty username has no namespace")
+    return username + suffix
 
 
 def _nonempty(value: str) -> str | None:
@@ -121,33 +134,9 @@ class RadosObjectStore(ObjectStore):
                  w=self.max_write_size, o=self._max_object_size)
 
     def _connect_blocking(self) -> None:
-        import rados
-        t = str(max(1, math.ceil(self.op_timeout)))    # librados takes whole seconds
-        try:
-            cluster = rados.Rados(conffile=self.ceph_conf, name=self.client_name,
-                                  conf={"client_mount_timeout": t, "rados_mon_op_timeout": t,
-                                        "rados_osd_op_timeout": t})
-        except rados.Error as e:
-            raise StorageError(ErrorKind.TEMPORARY, f"cannot connect to Ceph at {self.ceph_conf}: {e}") from None
-        try:
-            cluster.connect(timeout=int(t))
-            if not cluster.pool_exists(self.pool):
-                try:
-                    cluster.create_pool(self.pool)
-                    log.info("rados: created pool {pool}", pool=self.pool)
-                except rados.ObjectExists:      # another server created it meanwhile
-                    pass
-            ioctx = cluster.open_ioctx(self.pool)
-            if "mailserver" not in ioctx.application_list():
-                try:
-                    ioctx.application_enable("mailserver", force=True)
-                except rados.Error as e:    # a client with read-only mon caps: the admin's job
-                    log.warn("rados: cannot tag pool {pool} with application 'mailserver': {e}",
-                             pool=self.pool, e=e)
-            self._read_limits(cluster)
-        except rados.Error as e:
-            cluster.shutdown()
-            raise StorageError(ErrorKind.TEMPORARY, f"cannot connect to Ceph at {self.ceph_conf}: {e}") from None
+        """Connect (pool thread): the shared client handle, the OSD limits, the Ioctxs."""
+        cluster, ioctx = connect(self.ceph_conf, self.client_name, self.pool, self.op_timeout,
+                                 on_connected=self._read_limits)
         self._cluster = cluster
         self._ioctx = ioctx
         self._all_ioctxs = [ioctx]
@@ -230,9 +219,8 @@ class RadosObjectStore(ObjectStore):
     # --- helpers -------------------------------------------------------------------------------
 
     def namespace(self, username: str) -> str:
-        if not username:
-            raise StorageError(ErrorKind.INTERNAL, "rados: empty username has no namespace")
-        return username + self.namespace_suffix
+        """The user's namespace (``user_namespace``)."""
+        return user_namespace(username, self.namespace_suffix)
 
     @property
     def max_object_size(self) -> int:
@@ -421,7 +409,8 @@ class RadosObjectStore(ObjectStore):
     async def list(self, ns: str) -> list[str]:
         def names(io, ns):
             io.set_namespace(ns)
-            return [obj.key for obj in self._listing(io) if not obj.key.startswith(STATE_PREFIX)]
+            return [obj.key for obj in self._listing(io)
+                    if not obj.key.startswith(STATE_PREFIX) and obj.key not in FOREIGN_OIDS]
         return await self._in_thread(f"rados list {ns}", names, ns)
 
     async def list_namespaces(self) -> list[str]:

@@ -47,7 +47,7 @@ async def make_context(tmp_path, imap: dict | None = None, users: dict | None = 
     storage = backends.started(plugins.load(plugins.MAILBOX_FORMATS, "rbox").from_config(cfg, plugins))
     await storage.start()
     auth = DictAuthenticator(users or {"alice": "secret", "bob": "hunter2"})
-    dictionary = plugins.load(plugins.DICTS, cfg.dict.driver).from_config(cfg)
+    dictionary = backends.started(plugins.load(plugins.DICTS, cfg.dict.driver).from_config(cfg))
     await dictionary.start()
     return ServerContext(config=cfg, storage=storage, auth=auth, dict=dictionary)
 
