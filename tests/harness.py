@@ -19,8 +19,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def ceph_config(conf: str, tag: str, pool: str = "servertest", rbox: str = "", cephfs: str = "") -> str:
     """Extra configuration putting mail in RADOS, the index in CephFS (a root of its own) and the
     dictionary in RADOS omap (pool etc. from [rados]); ``rbox`` and ``cephfs``: more TOML lines
-    for those sections."""
-    return (f'[rbox]\nobject_store = "rados"\nindex_store = "cephfs"\n{rbox}\n'
+    for those sections.  ``tag`` names one storage: its CephFS root and the suffix of its RADOS
+    namespaces (``_<tag>``), so servers of different tags never share a user's objects or
+    dictionary even with the same usernames in one pool."""
+    return (f'[rbox]\nobject_store = "rados"\nindex_store = "cephfs"\nnamespace_suffix = "_{tag}"\n{rbox}\n'
             f'[dict]\ndriver = "rados"\n\n'
             f'[rados]\nceph_conf = "{conf}"\npool = "{pool}"\nop_timeout = 5.0\n\n'
             f'[cephfs]\nceph_conf = "{conf}"\nroot = "/server-{tag}"\nop_timeout = 5.0\n{cephfs}')

@@ -254,7 +254,8 @@ def test_record_whose_object_is_gone_is_unavailable_until_force_resync(tmp_path,
     force-resync drops the record."""
     import rados
     cluster = request.getfixturevalue("ceph_cluster")
-    server = make_server(tmp_path, "ceph", request)
+    tag = uuid.uuid4().hex[:8]
+    server = make_server(tmp_path, "ceph", request, root_tag=tag)
     server.start()
     try:
         user, pw = server.new_user()
@@ -262,7 +263,7 @@ def test_record_whose_object_is_gone_is_unavailable_until_force_resync(tmp_path,
         conn.connect()
         try:
             io = conn.open_ioctx("crashtest")
-            io.set_namespace(user + "_namespace")     # the pool is shared by this module's tests
+            io.set_namespace(f"{user}_{tag}")     # ceph_config: the namespace suffix is the tag
 
             def mail_objects():
                 return {o.key for o in io.list_objects() if len(o.key) == 32}
@@ -300,8 +301,9 @@ def test_gc_removes_what_a_crashed_write_in_parts_left_after_grace(tmp_path, req
     metadata: never a mail, and `rbox gc` removes it once it is older than the grace period."""
     import rados
     cluster = request.getfixturevalue("ceph_cluster")
+    tag = uuid.uuid4().hex[:8]
     server = RunningServer(str(tmp_path / "server"), users=2, extra_config=ceph_config(
-        cluster.conf_path, uuid.uuid4().hex[:8], pool="gctest"))
+        cluster.conf_path, tag, pool="gctest"))
     server.start()
     try:
         user, pw = server.new_user()
@@ -312,7 +314,7 @@ def test_gc_removes_what_a_crashed_write_in_parts_left_after_grace(tmp_path, req
         conn.connect()
         try:
             io = conn.open_ioctx("gctest")
-            io.set_namespace(user + "_namespace")
+            io.set_namespace(f"{user}_{tag}")
             partial = uuid.uuid4().hex
             io.write_full(partial, b"From: big@example.org\r\n\r\nthe first part only")
 
