@@ -174,3 +174,21 @@ def cpu_seconds(pids) -> float:
         except (FileNotFoundError, IndexError):
             pass
     return total
+
+
+def react_on_cluster(conf: str | None, prefix: str, bench) -> None:
+    """Run ``bench(reactor, conf)`` (a coroutine function) in a reactor, on the cluster whose
+    ceph.conf is ``conf``, or on a throwaway DevCeph cluster started and stopped around it."""
+    import tempfile
+    from twisted.internet import defer, task
+    cluster = None
+    if conf is None:
+        from mailserver.devceph import DevCeph
+        cluster = DevCeph(tempfile.mkdtemp(prefix=prefix))
+        cluster.start()
+        conf = cluster.conf_path
+    try:
+        task.react(lambda reactor: defer.ensureDeferred(bench(reactor, conf)))
+    finally:
+        if cluster is not None:
+            cluster.stop()

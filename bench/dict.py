@@ -21,12 +21,13 @@ import argparse
 import os
 import statistics
 import sys
-import tempfile
 import threading
 import time
 import uuid
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from bench.common import react_on_cluster  # noqa: E402
 
 POOL = "benchdict"
 USERS = 256
@@ -173,20 +174,8 @@ def main() -> None:
     parser.add_argument("--in-flight", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
-    from twisted.internet import defer, task
-    cluster = None
-    conf = args.conf
-    if conf is None:
-        from mailserver.devceph import DevCeph
-        cluster = DevCeph(tempfile.mkdtemp(prefix="bench-dict-"))
-        cluster.start()
-        conf = cluster.conf_path
-    try:
-        task.react(lambda reactor: defer.ensureDeferred(
-            bench(reactor, conf, args.count, args.in_flight, args.rounds)))
-    finally:
-        if cluster is not None:
-            cluster.stop()
+    react_on_cluster(args.conf, "bench-dict-",
+                     lambda reactor, conf: bench(reactor, conf, args.count, args.in_flight, args.rounds))
 
 
 if __name__ == "__main__":

@@ -13,10 +13,11 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import tempfile
 import threading
 import time
 import uuid
+
+from bench.common import react_on_cluster
 
 SIZE = 20 * 1024
 IN_FLIGHT = 64
@@ -129,19 +130,7 @@ def main() -> None:
     parser.add_argument("--count", type=int, default=3000)
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
-    from twisted.internet import defer, task
-    cluster = None
-    conf = args.conf
-    if conf is None:
-        from mailserver.devceph import DevCeph
-        cluster = DevCeph(tempfile.mkdtemp(prefix="bench-ceph-"))
-        cluster.start()
-        conf = cluster.conf_path
-    try:
-        task.react(lambda reactor: defer.ensureDeferred(bench(reactor, conf, args.count, args.rounds)))
-    finally:
-        if cluster is not None:
-            cluster.stop()
+    react_on_cluster(args.conf, "bench-ceph-", lambda reactor, conf: bench(reactor, conf, args.count, args.rounds))
 
 
 if __name__ == "__main__":

@@ -55,6 +55,13 @@ def run(config, args) -> int:
         finally:
             await storage.stop()
 
+    return run_in_reactor(main, result)
+
+
+def run_in_reactor(main, result: dict) -> int:
+    """Run the coroutine function ``main`` in a reactor of its own (the admin commands: ``rbox``,
+    ``force-resync``, ``quota``, ``dict``) and return ``result["code"]``, which ``main`` sets;
+    an unexpected exception prints its traceback to the admin's terminal and makes it 1."""
     from twisted.internet import reactor
 
     def go():

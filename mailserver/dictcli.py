@@ -86,12 +86,5 @@ def run(config, args) -> int:
             if started:
                 await dictionary.stop()
 
-    from twisted.internet import defer, reactor
-
-    def go():
-        d = defer.Deferred.fromCoroutine(main())
-        d.addErrback(lambda f: (f.printTraceback(file=sys.stderr), result.update(code=1)))
-        d.addBoth(lambda _: reactor.stop())
-    reactor.callWhenRunning(go)
-    reactor.run()
-    return result["code"]
+    from mailserver.admin import run_in_reactor
+    return run_in_reactor(main, result)

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import sys
 
-from twisted.internet import defer
-
 from mailserver import plugins
 from mailserver.storage.errors import StorageError
 
@@ -62,12 +60,5 @@ def run(config, args) -> int:
             await dictionary.stop()
             await storage.stop()
 
-    from twisted.internet import reactor
-
-    def go():
-        d = defer.Deferred.fromCoroutine(main())
-        d.addErrback(lambda f: (f.printTraceback(file=sys.stderr), result.update(code=1)))
-        d.addBoth(lambda _: reactor.stop())
-    reactor.callWhenRunning(go)
-    reactor.run()
-    return result["code"]
+    from mailserver.admin import run_in_reactor
+    return run_in_reactor(main, result)
