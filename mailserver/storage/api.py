@@ -71,7 +71,9 @@ class MailboxInfo:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class MailboxStatus:
-    """What STATUS reports.  ``size`` is the sum of vsizes; ``unseen`` counts messages without \\Seen."""
+    """What STATUS reports.  ``size`` is the sum of vsizes; ``unseen`` counts messages without
+    \\Seen; ``deleted_size`` is the sum of vsizes of messages flagged \\Deleted (what an EXPUNGE
+    would give back: STATUS DELETED-STORAGE)."""
 
     messages: int
     recent: int
@@ -82,6 +84,7 @@ class MailboxStatus:
     size: int
     deleted: int
     guid: str
+    deleted_size: int = 0
 
 
 @dataclasses.dataclass(slots=True)

@@ -379,7 +379,8 @@ class RboxUser(api.User):
             messages=len(st), recent=len(st) - _bisect(st.uids, st.first_recent_uid),
             uidnext=st.uidnext, uidvalidity=st.uidvalidity,
             unseen=sum(1 for f in flags if not f & 1), highestmodseq=st.highestmodseq,
-            size=sum(st.vsizes), deleted=sum(1 for f in flags if f & 8), guid=entry["guid"])
+            size=sum(st.vsizes), deleted=sum(1 for f in flags if f & 8), guid=entry["guid"],
+            deleted_size=sum(v for f, v in zip(flags, st.vsizes) if f & 8))
 
     async def open_mailbox(self, name: str, readonly: bool = False) -> api.Mailbox:
         from plugins.rbox.mailbox import RboxMailbox

@@ -211,6 +211,8 @@ async def test_unauthenticate(ctx):
     # Alice's \Deleted message was not expunged by UNAUTHENTICATE.
     alice = await logged_in(ctx)
     assert (await alice.cmd("STATUS INBOX (MESSAGES DELETED)"))[0] == b"* STATUS INBOX (MESSAGES 1 DELETED 1)"
+    # DELETED-STORAGE belongs to QUOTA=RES-STORAGE, which a server without quota does not announce.
+    assert (await alice.cmd("STATUS INBOX (DELETED-STORAGE)"))[-1].endswith(b"BAD Unknown STATUS item DELETED-STORAGE")
 
 
 # --- OBJECTID, SAVEDATE, PREVIEW, APPENDLIMIT -----------------------------------------------------

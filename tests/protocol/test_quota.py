@@ -229,8 +229,12 @@ def test_append_over_quota_multiappend_and_expunge_gives_room(quota_server):
     assert m.select("INBOX")[1] == [b"4"]
     assert quota_of(m)["STORAGE"] == (8, 8)
     m.store("1", "+FLAGS", "\\Deleted")
+    # RFC 9208 STATUS DELETED-STORAGE: what EXPUNGE would give back, in KiB (3000 bytes: 3).
+    typ, data = m.status("INBOX", "(DELETED DELETED-STORAGE)")
+    assert typ == "OK" and data[0].endswith(b"(DELETED 1 DELETED-STORAGE 3)"), data
     m.expunge()
     assert quota_of(m)["STORAGE"] == (5, 8)     # the room came back: 5000 bytes in 5 KiB
+    assert m.status("INBOX", "(DELETED-STORAGE)")[1][0].endswith(b"(DELETED-STORAGE 0)")
     assert m.append("INBOX", None, None, body(2000))[0] == "OK"
     m.store("1:*", "+FLAGS", "\\Deleted")
     m.close()                                   # CLOSE expunges too

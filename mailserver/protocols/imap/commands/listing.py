@@ -18,7 +18,7 @@ from ..parser import Args, String
 from ..extensions import rev2
 from ..response import CRLF
 from . import AUTH, command
-from .mailboxes import STATUS_ITEMS, status_values
+from .mailboxes import status_item, status_values
 
 _SELECTION = ("SUBSCRIBED", "REMOTE", "RECURSIVEMATCH", "SPECIAL-USE")
 _RETURN = ("SUBSCRIBED", "CHILDREN", "SPECIAL-USE", "STATUS")
@@ -74,10 +74,7 @@ def _parse(session, args: Args) -> ListRequest:
             if opt == "STATUS":
                 wanted = items.list("status items")
                 while wanted.more():
-                    item = wanted.keyword("status item")
-                    if item not in STATUS_ITEMS:
-                        raise bad(f"Unknown STATUS item {item[:30]}")
-                    status_items.append(item)
+                    status_items.append(status_item(session, wanted.keyword("status item")))
                 if not status_items:
                     raise bad("Empty STATUS item list")
     args.end()

@@ -14,9 +14,18 @@ from ..condstore import parse_select_params, resync_select
 from ..extensions import enable_condstore
 from ..selected import Selected
 from . import AUTH, Done, State, Sync, command, metadata
+from .quota import kib
 
 STATUS_ITEMS = ("MESSAGES", "RECENT", "UIDNEXT", "UIDVALIDITY", "UNSEEN", "SIZE", "DELETED", "HIGHESTMODSEQ")
 STATUS_ITEMS += ("MAILBOXID", "APPENDLIMIT")     # RFC 8474, RFC 7889
+STATUS_ITEMS += ("DELETED-STORAGE",)             # RFC 9208, with QUOTA=RES-STORAGE only
+
+
+def status_item(session, item: str) -> str:
+    """``item`` if this session may ask STATUS for it, else BAD."""
+    if item not in STATUS_ITEMS or (item == "DELETED-STORAGE" and not session.ctx.config.quota.enabled):
+        raise bad(f"Unknown STATUS item {item[:30]}")
+    return item
 
 
 def mailbox_arg(session, args: Args, what: str = "mailbox name", **kw) -> str:
@@ -154,7 +163,8 @@ def status_values(st, session) -> dict:
     return {"MESSAGES": st.messages, "RECENT": st.recent, "UIDNEXT": st.uidnext,
             "UIDVALIDITY": st.uidvalidity, "UNSEEN": st.unseen, "SIZE": st.size, "DELETED": st.deleted,
             "HIGHESTMODSEQ": st.highestmodseq, "MAILBOXID": f"({st.guid})",
-            "APPENDLIMIT": session.config.max_literal_size}
+            "APPENDLIMIT": session.config.max_literal_size,
+            "DELETED-STORAGE": kib(st.deleted_size)}      # KiB, as QUOTA's STORAGE
 
 
 @command("STATUS", AUTH)
@@ -164,10 +174,7 @@ async def status(session, tag: str, args: Args):
     args.end()
     wanted = []
     while items.more():
-        item = items.keyword("status data item")
-        if item not in STATUS_ITEMS:
-            raise bad(f"Unknown STATUS item {item[:30]}")
-        wanted.append(item)
+        wanted.append(status_item(session, items.keyword("status data item")))
     if not wanted:
         raise bad("Empty STATUS item list")
     if "HIGHESTMODSEQ" in wanted:
