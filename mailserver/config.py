@@ -149,6 +149,15 @@ def quota_rule(value: str) -> str | None:
     return None
 
 
+def quota_grace(value: str) -> str | None:
+    from mailserver.storage.quota_rules import RuleError, parse_grace
+    try:
+        parse_grace(value)
+    except RuleError as e:
+        return str(e)
+    return None
+
+
 def quota_rule_list(value: list) -> str | None:
     for item in value:
         problem = quota_rule(item) if item else f"{item!r}: empty rule"
@@ -312,6 +321,10 @@ SCHEMA: dict[str, dict[str, Key]] = {
                                          "a userdb field quota_rule replaces it."),
         "rules": Key(list, [], quota_rule_list, "Default rules in slot order (quota_rule, quota_rule2...), "
                                                 "instead of rule; a userdb field quota_ruleN replaces slot N."),
+        "grace": Key(str, "10%", quota_grace, "Dovecot's quota_grace: a user under the storage limit may "
+                                              "save one more change past it by this much (a percentage of "
+                                              "the limit or a size such as 10M; 0: none); a userdb field "
+                                              "quota_grace replaces it."),
         "root_name": Key(str, "User quota", None, "Name of the quota root shown to IMAP clients."),
         "full_tempfail": Key(bool, False, None, "LMTP answers an over-quota recipient 452 4.2.2 (try "
                                                 "again later) instead of 552 5.2.2, as Dovecot's "

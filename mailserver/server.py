@@ -126,19 +126,22 @@ class Server:
 
 
 def build_quota_storage(cfg, storage, dictionary, auth):
-    """``storage`` wrapped by quota (``[quota] enabled``): rules from the ``[quota]`` section,
-    replaced slot by slot by the user's userdb fields (looked up through ``auth``)."""
+    """``storage`` wrapped by quota (``[quota] enabled``): rules and grace from the ``[quota]``
+    section, replaced slot by slot (and the grace) by the user's userdb fields (looked up
+    through ``auth``)."""
     from mailserver.storage.quota import QuotaStorage
-    from mailserver.storage.quota_rules import QuotaRules, slots_from_config, slots_from_fields
+    from mailserver.storage.quota_rules import QuotaRules, grace_from_fields, slots_from_config, slots_from_fields
     from mailserver.storage.quota_warnings import Warnings
     defaults = slots_from_config(cfg.quota.rule, cfg.quota.rules)
 
     async def rules_for(username: str) -> QuotaRules:
         record = await auth.lookup(username)
         slots = dict(defaults)
+        grace = cfg.quota.grace
         if record is not None:
             slots.update(slots_from_fields(record.extra))
-        return QuotaRules.from_slots(slots)
+            grace = grace_from_fields(record.extra) or grace
+        return QuotaRules.from_slots(slots, grace)
 
     return QuotaStorage(storage, dictionary, rules_for, root_name=cfg.quota.root_name,
                         cache_seconds=cfg.quota.rules_cache_seconds, warnings=Warnings.from_config(cfg))

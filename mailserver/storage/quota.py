@@ -45,11 +45,14 @@ def over_quota(detail: str) -> StorageError:
 
 def check_limits(limits: Limits, usage: tuple[int, int], size: int, count: int, what: str) -> None:
     """Raise OVER_QUOTA when ``count`` messages of ``size`` bytes added to ``usage``
-    ((bytes, messages)) would pass ``limits``."""
+    ((bytes, messages)) would pass ``limits`` (storage: unless within its grace while under it)."""
     if limits.ignored:
         return
     if limits.storage is not None and size > 0 and usage[0] + size > limits.storage:
-        raise over_quota(f"{what}: {usage[0]} + {size} bytes > storage limit {limits.storage}")
+        # quota_grace: one change may take a user who is still under the limit a little past it.
+        if not (usage[0] < limits.storage and usage[0] + size <= limits.storage + limits.grace):
+            raise over_quota(f"{what}: {usage[0]} + {size} bytes > storage limit {limits.storage}"
+                             + (f" + grace {limits.grace}" if limits.grace else ""))
     if limits.messages is not None and count > 0 and usage[1] + count > limits.messages:
         raise over_quota(f"{what}: {usage[1]} + {count} messages > message limit {limits.messages}")
 

@@ -14,6 +14,12 @@ A rule is ``MAILBOX:LIMIT[:LIMIT...]`` or ``MAILBOX:ignore``:
   leaves no room, because a smaller allowance was clearly what the rule meant.
 - ``ignore``: messages in that mailbox are not counted and saving there is never refused.
 
+Grace, as Dovecot's ``quota_grace``: a user still under the storage limit may save one more
+change that takes them past it by at most the grace (``10%`` of the limit, Dovecot's default, or
+a size such as ``10M``; ``0``: none), so the last mail of a nearly full mailbox is not bounced.
+The message count has no grace.  The ``[quota] grace`` setting, replaced by a userdb field
+``quota_grace``.
+
 Rules come in numbered slots, as Dovecot's ``quota_rule``, ``quota_rule2``, ``quota_rule3``...
 The configuration's ``[quota] rule``/``rules`` fill the slots first; a userdb field of the same
 name (``quota_rule2``, or ``userdb_quota_rule2`` as a passwd-file extra field) replaces that
@@ -32,6 +38,7 @@ RESOURCES = ("storage", "messages")
 _UNITS = {"": 1, "b": 1, "k": 1024, "m": 1024 ** 2, "g": 1024 ** 3, "t": 1024 ** 4}
 _SIZE = re.compile(r"([+-]?)(\d{1,19})([bkmgt]?)(%?)", re.IGNORECASE)
 _SLOT = re.compile(r"(?:userdb_)?quota_rule(\d*)")
+_GRACE_FIELDS = ("userdb_quota_grace", "quota_grace")
 
 
 class RuleError(ValueError):
@@ -66,6 +73,7 @@ class Limits:
     storage: int | None
     messages: int | None
     ignored: bool = False
+    grace: int = 0          # bytes past ``storage`` a change may reach while usage is under it
 
 
 def parse_rule(text: str) -> Rule:
@@ -113,6 +121,42 @@ def _parse_limit(text: str, key: str, value: str, default_unit: str, relative: b
     return Limit("add", amount * _UNITS[(unit or default_unit).lower()])
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class Grace:
+    """``quota_grace``: ``percent`` of the storage limit, or ``size`` bytes."""
+
+    percent: int = 0
+    size: int = 0
+
+    def of(self, storage: int | None) -> int:
+        """The grace in bytes for a storage limit (none for an unlimited one)."""
+        if storage is None:
+            return 0
+        return storage * self.percent // 100 if self.percent else self.size
+
+
+def parse_grace(text: str) -> Grace:
+    """``10%``, ``10M``, ``512K``, ``1024`` (bytes) or ``0``; RuleError when not valid."""
+    m = _SIZE.fullmatch(text.strip())
+    if not m or m.group(1):
+        raise RuleError(f"quota_grace {text!r}: expected a percentage (10%) or a size (10M), not signed")
+    _, digits, unit, percent = m.groups()
+    if percent:
+        if unit:
+            raise RuleError(f"quota_grace {text!r}: a percentage takes no unit")
+        return Grace(percent=int(digits))
+    return Grace(size=int(digits) * _UNITS[unit.lower()])
+
+
+def grace_from_fields(fields: dict) -> str | None:
+    """The userdb's ``quota_grace`` (or ``userdb_quota_grace``), if it has one."""
+    for name in _GRACE_FIELDS:
+        value = fields.get(name)
+        if isinstance(value, str):
+            return value
+    return None
+
+
 def slots_from_fields(fields: dict) -> dict[int, str]:
     """The rule slots found among userdb fields (``quota_rule``, ``userdb_quota_rule2``...)."""
     out = {}
@@ -133,7 +177,8 @@ def slots_from_config(rule: str, rules: list) -> dict[int, str]:
 class QuotaRules:
     """A user's rules, resolved: the limits of every mailbox."""
 
-    def __init__(self, rules: list[Rule] = ()):
+    def __init__(self, rules: list[Rule] = (), grace: Grace = Grace()):
+        self.grace = grace
         merged: dict[str, Rule] = {}
         for rule in rules:
             old = merged.get(rule.mailbox)
@@ -145,13 +190,15 @@ class QuotaRules:
                 merged[rule.mailbox] = Rule(rule.mailbox, False, rule.storage or old.storage,
                                             rule.messages or old.messages)
         default = merged.pop(DEFAULT, Rule(DEFAULT))
-        self.default = Limits(_absolute(default.storage), _absolute(default.messages))
+        storage = _absolute(default.storage)
+        self.default = Limits(storage, _absolute(default.messages), grace=grace.of(storage))
         self.mailbox_rules = list(merged.values())
 
     @classmethod
-    def from_slots(cls, slots: dict[int, str]) -> "QuotaRules":
-        """Parse the rules of numbered slots (empty ones skipped).  RuleError when one is bad."""
-        return cls([parse_rule(text) for _, text in sorted(slots.items()) if text.strip()])
+    def from_slots(cls, slots: dict[int, str], grace: str = "0") -> "QuotaRules":
+        """Parse the rules of numbered slots (empty ones skipped) and the grace.  RuleError
+        when one is bad."""
+        return cls([parse_rule(text) for _, text in sorted(slots.items()) if text.strip()], parse_grace(grace))
 
     @property
     def unlimited(self) -> bool:
@@ -182,7 +229,8 @@ class QuotaRules:
             return self.default
         if rule.ignore:
             return Limits(None, None, ignored=True)
-        return Limits(_apply(rule.storage, self.default.storage), _apply(rule.messages, self.default.messages))
+        storage = _apply(rule.storage, self.default.storage)
+        return Limits(storage, _apply(rule.messages, self.default.messages), grace=self.grace.of(storage))
 
 
 def _absolute(limit: Limit | None) -> int | None:

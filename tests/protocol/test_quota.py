@@ -25,6 +25,7 @@ QUOTA_CONFIG = """
 [quota]
 enabled = true
 rule = "*:storage=0"
+grace = "0"
 
 [[quota.warnings]]
 resource = "messages"
@@ -46,6 +47,7 @@ USERS = {
     "counted": "userdb_quota_rule=*:storage=1M:messages=100",
     "warned": "userdb_quota_rule=*:messages=4",
     "bad": "userdb_quota_rule=*:storage=lots",
+    "graced": "userdb_quota_rule=*:storage=4K userdb_quota_grace=50%",
 }
 
 
@@ -388,6 +390,19 @@ def test_bad_userdb_rule_fails_temporarily(quota_server):
     assert typ == "NO" and data[0].startswith(b"[UNAVAILABLE]")
     m.logout()
     assert "invalid quota rule for bad@example.org" in quota_server.log_text()
+
+
+def test_grace_lets_the_last_mail_of_a_user_under_quota_through(quota_server):
+    """quota_grace (here 50% of 4 KiB from the userdb field): under the limit, one mail may end up
+    to 2 KiB past it; once over, nothing more fits."""
+    user = quota_server.users["graced"]
+    assert lmtp(quota_server, [user], body(3000))[1][0].startswith("250 ")
+    assert lmtp(quota_server, [user], body(3500))[1][0].startswith("552 5.2.2 ")    # 6500 > 4096 + 2048
+    assert lmtp(quota_server, [user], body(2500))[1][0].startswith("250 ")          # 5500: within grace
+    assert lmtp(quota_server, [user], body(100))[1][0].startswith("552 5.2.2 ")     # over: no more grace
+    m = imap(quota_server, "graced")
+    assert quota_of(m)["STORAGE"] == (6, 4)       # 5500 bytes shown in KiB against the 4 KiB limit
+    m.logout()
 
 
 def test_full_tempfail(tmp_path):

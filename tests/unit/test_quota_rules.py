@@ -130,3 +130,25 @@ def test_config_section_defaults_and_checks(tmp_path):
 def test_ignore_sticks():
     rules = QuotaRules.from_slots({1: "*:storage=1M", 2: "Spam:ignore", 3: "Spam:storage=+1M"})
     assert not rules.counted("Spam") and rules.limits("Spam").ignored
+
+
+def test_grace_in_percent_or_size_applies_only_under_the_limit():
+    from mailserver.storage.errors import StorageError
+    from mailserver.storage.quota import check_limits
+    from mailserver.storage.quota_rules import Grace, parse_grace
+    assert parse_grace("10%") == Grace(percent=10) and parse_grace("10M") == Grace(size=10 * 1024 ** 2)
+    assert parse_grace("0") == Grace() and parse_grace("2048") == Grace(size=2048)
+    for bad in ("-10%", "+1M", "10K%", "lots", ""):
+        with pytest.raises(RuleError):
+            parse_grace(bad)
+    rules = QuotaRules.from_slots({1: "*:storage=10K:messages=5", 2: "Trash:storage=+10K"}, "10%")
+    assert rules.limits().grace == 1024 and rules.limits("Trash").grace == 2048
+    assert QuotaRules.from_slots({1: "*:messages=5"}, "10%").limits().grace == 0   # unlimited storage
+    limits = rules.limits()
+    check_limits(limits, (10000, 1), 1264, 1, "t")          # 11264 = 10K + 1K: the last mail fits
+    with pytest.raises(StorageError):
+        check_limits(limits, (10000, 1), 1265, 1, "t")      # past the grace
+    with pytest.raises(StorageError):
+        check_limits(limits, (10240, 1), 1, 1, "t")         # at the limit already: no grace left
+    with pytest.raises(StorageError):
+        check_limits(limits, (0, 5), 1, 1, "t")             # messages have no grace
