@@ -125,6 +125,17 @@ class AioBridge:
         if self.in_flight:
             self._sweeper = self.reactor.callLater(self.SWEEP, self._sweep)
 
+    async def finish(self, *also: Deferred) -> None:
+        """Wait for ``also`` (a driver's own queued work) and every operation in flight (each
+        ends by its deadline at the latest), ignoring their failures -- each caller reports its
+        own -- then ``stop``."""
+        for d in list(also) + list(self.in_flight):
+            try:
+                await d
+            except Exception:
+                pass
+        self.stop()
+
     def stop(self) -> None:
         if self._sweeper is not None and self._sweeper.active():
             self._sweeper.cancel()

@@ -106,12 +106,7 @@ class RadosDict(Dict):
     async def stop(self) -> None:
         """Wait for queued transactions and operations in flight (each at most op_timeout),
         then disconnect."""
-        for d in list(self._draining.values()) + list(self._aio.in_flight):
-            try:
-                await d
-            except Exception:
-                pass                        # the operation's own caller reports it
-        self._aio.stop()
+        await self._aio.finish(*self._draining.values())
         if self._cluster is not None:
             cluster, ioctx = self._cluster, self._ioctx
             self._cluster = self._ioctx = None

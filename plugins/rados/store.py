@@ -189,13 +189,7 @@ class RadosObjectStore(ObjectStore):
 
     async def stop(self) -> None:
         """Wait (up to op_timeout) for in-flight operations, then disconnect."""
-        pending = list(self._aio.in_flight)     # each fails by its deadline at the latest
-        for d in pending:
-            try:
-                await d
-            except Exception:
-                pass                        # the operation's own caller reports it
-        self._aio.stop()
+        await self._aio.finish()
         if self._cluster is not None:
             cluster, ioctxs = self._cluster, self._all_ioctxs
             self._cluster, self._ioctx, self._all_ioctxs = None, None, []
