@@ -339,15 +339,17 @@ class QuotaMailbox:
         """Within the one quota root a move changes usage only across an ignored mailbox; only
         a move that adds usage is checked (as Dovecot checks a move only when it may grow)."""
         quota = self._user._quota
-        rules, limits, usage = await self._user._context(destination)
-        sizes = await self._sizes(uids)
+        rules = await quota.rules(self._user.name)
         sign = int(rules.counted(destination)) - int(rules.counted(self.inner.name))
+        if not sign:        # the common case (Archive, Trash): no sizes, no usage read
+            return await self.inner.move(uids, destination)
+        sizes = await self._sizes(uids)
         if sign > 0:
+            _, limits, usage = await self._user._context(destination)
             check_limits(limits, usage, sum(sizes.values()), len(sizes), f"{self._user.name} MOVE to {destination}")
         result = await self.inner.move(uids, destination)
-        if sign:
-            await quota.update(self._user.inner, sign * sum(sizes.get(s, 0) for s, _ in result.pairs),
-                               sign * len(result.pairs))
+        await quota.update(self._user.inner, sign * sum(sizes.get(s, 0) for s, _ in result.pairs),
+                           sign * len(result.pairs))
         return result
 
     async def close(self) -> None:
