@@ -273,20 +273,24 @@ class LocalObjectStore(ObjectStore):
                     pass
         await self._run(rm, self._path(ns, oid))
 
+    @staticmethod
+    def _fan_out_files(base: str):
+        """(directory, file name) of every file in a namespace's fan-out directories (the
+        two-character ones: "state/" holds checkpoints, not mail)."""
+        try:
+            fans = os.listdir(base)
+        except FileNotFoundError:
+            return
+        for fan in fans:
+            if len(fan) == 2:
+                directory = os.path.join(base, fan)
+                for name in os.listdir(directory):
+                    yield directory, name
+
     async def list(self, ns: str) -> list[str]:
         def walk(base):
-            out = []
-            try:
-                fans = os.listdir(base)
-            except FileNotFoundError:
-                return out
-            for fan in fans:
-                if len(fan) != 2:
-                    continue  # "state/" holds checkpoints, not mail
-                for name in os.listdir(os.path.join(base, fan)):
-                    if ".refs" not in name and ".tmp." not in name:
-                        out.append(name)
-            return sorted(out)
+            return sorted(name for _, name in self._fan_out_files(base)
+                          if ".refs" not in name and ".tmp." not in name)
         return await self._run(walk, os.path.join(self.root, safe_component(ns)))
 
     async def remove_partial_writes(self, ns: str, older_than: float, dry_run: bool = False) -> int:
@@ -294,25 +298,18 @@ class LocalObjectStore(ObjectStore):
         writer's grace is what a crash between the two left (never acknowledged, never indexed)."""
         def sweep(base):
             n = 0
-            try:
-                fans = os.listdir(base)
-            except FileNotFoundError:
-                return 0
-            for fan in fans:
-                if len(fan) != 2:
+            for directory, name in self._fan_out_files(base):
+                if ".tmp." not in name:
                     continue
-                for name in os.listdir(os.path.join(base, fan)):
-                    if ".tmp." not in name:
+                path = os.path.join(directory, name)
+                try:
+                    if os.stat(path).st_mtime >= older_than:
                         continue
-                    path = os.path.join(base, fan, name)
-                    try:
-                        if os.stat(path).st_mtime >= older_than:
-                            continue
-                        if not dry_run:
-                            os.unlink(path)
-                    except FileNotFoundError:
-                        continue            # its write finished meanwhile
-                    n += 1
+                    if not dry_run:
+                        os.unlink(path)
+                except FileNotFoundError:
+                    continue            # its write finished meanwhile
+                n += 1
             return n
         return await self._run(sweep, os.path.join(self.root, safe_component(ns)))
 
