@@ -16,9 +16,9 @@ from mailserver.storage.errors import ErrorKind, StorageError
 log = Logger()
 
 
-def librados_timeout(op_timeout: float) -> str:
-    """``op_timeout`` as librados wants it: whole seconds (at least 1), as a string."""
-    return str(max(1, math.ceil(op_timeout)))
+def librados_seconds(op_timeout: float) -> int:
+    """``op_timeout`` as librados applies it: whole seconds, at least 1."""
+    return max(1, math.ceil(op_timeout))
 
 
 def connect(ceph_conf: str, client_name: str, pool: str, op_timeout: float, on_connected=None):
@@ -28,7 +28,7 @@ def connect(ceph_conf: str, client_name: str, pool: str, op_timeout: float, on_c
     may raise ``rados.Error``.  Any failure is StorageError(TEMPORARY) naming ``ceph_conf``,
     and the half-built client is shut down (a live client thread keeps a process from exiting)."""
     import rados
-    t = librados_timeout(op_timeout)
+    t = str(librados_seconds(op_timeout))
     what = f"cannot connect to Ceph at {ceph_conf} as {client_name}"
     try:
         cluster = rados.Rados(conffile=ceph_conf, name=client_name,

@@ -43,10 +43,10 @@ from mailserver.storage.errors import ErrorKind, StorageError
 
 from .aio import AioBridge
 from .cluster import connect
-from .store import RadosObjectStore, user_namespace
+from .store import DICT_OID, DICT_SHARED_OID, RadosObjectStore, user_namespace
 
-PRIVATE_OID = "dict"               # in each user's namespace (store.FOREIGN_OIDS: not mail)
-SHARED_OID = "dict-shared"
+PRIVATE_OID = DICT_OID             # in each user's namespace (store.FOREIGN_OIDS: not mail)
+SHARED_OID = DICT_SHARED_OID
 SHARED_NAMESPACE = "#dict-shared"  # '#' is not in the default [auth] username_chars
 PAGE = 500          # omap entries per read when iterating (x 1 MiB values < the OSD's 1 GiB reply cap)
 MAX_ATTEMPTS = 32   # conflicting increments retried this often, then TEMPORARY

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import errno
 import json
-import math
 import queue
 import threading
 import time
@@ -37,15 +36,17 @@ from mailserver.storage.drivers import META_VERSION, OBJECT_FORMAT_VERSION, Obje
 from mailserver.storage.errors import ErrorKind, StorageError
 
 from .aio import AioBridge, storage_error
-from .cluster import connect
+from .cluster import connect, librados_seconds
 
 REF_PREFIX = "ref."          # omap key of a reference: REF_PREFIX + ref
 DYING_KEY = "dying"          # omap key set while the last reference's removal deletes the object
 STATE_PREFIX = "state."      # object name prefix of mutable state objects (index checkpoints)
-# Objects other drivers keep in the same namespaces (the RADOS dictionary's omap objects).  Mail
-# oids are hex GUIDs, so these never clash; ``list`` skips them, or gc would delete them as
-# incomplete mail.
-FOREIGN_OIDS = frozenset({"dict", "dict-shared"})
+# Objects the RADOS dictionary keeps in the same namespaces (plugins/rados/dict.py uses these
+# names).  Mail oids are hex GUIDs, so these never clash; ``list`` skips them, or gc would
+# delete them as incomplete mail.
+DICT_OID = "dict"
+DICT_SHARED_OID = "dict-shared"
+FOREIGN_OIDS = frozenset({DICT_OID, DICT_SHARED_OID})
 DEFAULT_MAX_WRITE_SIZE = 90 * 1024 * 1024        # Ceph's osd_max_write_size default (90 MB)
 DEFAULT_MAX_OBJECT_SIZE = 128 * 1024 * 1024      # Ceph's osd_max_object_size default
 WRITE_OVERHEAD = 64 * 1024   # room left in a write for xattrs and omap (osd_max_write_size counts them)
@@ -151,7 +152,7 @@ class RadosObjectStore(ObjectStore):
         Asked first of a running OSD (``tell osd.N config get``: it sees values set in the
         OSDs' own ceph.conf; needs osd ``allow *``), else of the monitors' configuration database
         (which answers with Ceph's defaults when nothing is set there), else Ceph's defaults."""
-        timeout = max(1, math.ceil(self.op_timeout))
+        timeout = librados_seconds(self.op_timeout)
 
         def command(send, *target, cmd: dict) -> bytes | None:
             try:
@@ -387,7 +388,7 @@ class RadosObjectStore(ObjectStore):
         error, so a listing cut short by rados_osd_op_timeout would look complete (seen: an
         empty list after exactly the timeout).  A step that ended the listing after about that
         long is taken for a timeout."""
-        librados_timeout = max(1, math.ceil(self.op_timeout))
+        librados_timeout = librados_seconds(self.op_timeout)
         it = io.list_objects()
         out = []
         while True:
