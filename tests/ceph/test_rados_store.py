@@ -401,3 +401,29 @@ async def test_get_many_reads_a_batch_with_errors_per_object(make_rados_store, u
     assert got[0] == big and got[2] == BODY and got[3] == big
     assert isinstance(got[1], StorageError) and got[1].kind is ErrorKind.NOT_FOUND
     assert await store.get_many(ns, []) == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_get_many_with_the_index_sizes_reads_each_object_once(make_rados_store, unique):
+    store = await make_rados_store(rbox={"body_cache_bytes": 0})
+    ns = store.namespace(f"sized-{unique}@example.org")
+    big = os.urandom(3 << 20)                    # past the first read of a get without a size
+    await store.put(ns, "small", BODY, {})
+    await store.put(ns, "big", big, {})
+    reads = []
+    real_read, real_stat = store._read, store._stat
+
+    async def no_stat(*args):
+        raise AssertionError("a sized read needs no stat")
+    store._stat = no_stat
+    try:
+        got = await store.get_many(ns, ["big", "absent", "small"], [len(big), 10, len(BODY)])
+    finally:
+        store._stat = real_stat
+    assert got[0] == big and got[2] == BODY
+    assert isinstance(got[1], StorageError) and got[1].kind is ErrorKind.NOT_FOUND
+    # A size hint that is too small (a corrupt index) still yields the whole object.
+    store._read = lambda *a: reads.append(a) or real_read(*a)
+    got = await store.get_many(ns, ["big", "small"], [1000, len(BODY) + 50])
+    assert got == [big, BODY]
+    assert len(reads) == 2                       # only the undersized one: get, first read and rest
