@@ -79,7 +79,7 @@ class CephFSIndexStore(IndexStore):
         "sync_method": Key(str, "fsync", one_of("fsync", "sync_fs"),
                            "How a grouped sync makes appends durable: fsync each file of the group, "
                            "or one sync_fs of the whole mount."),
-        "lock_lease": Key(float, 0.2, non_negative,
+        "lock_lease": Key(float, 1.0, non_negative,
                           "Seconds a mailbox's index lock taken by a commit is kept after it, so the "
                           "next commit from this server skips the lock round trips (0: unlock at once). "
                           "Another server waits for it at most about 5 times this."),
@@ -87,7 +87,7 @@ class CephFSIndexStore(IndexStore):
 
     def __init__(self, *, ceph_conf: str, client_name: str = "client.admin", fs_name: str = "",
                  root: str = "/mail", op_timeout: float = 10.0, threads: int = 4,
-                 sync_method: str = "fsync", lock_lease: float = 0.2, reactor=None):
+                 sync_method: str = "fsync", lock_lease: float = 1.0, reactor=None):
         self.ceph_conf = ceph_conf
         self.client_name = client_name
         self.fs_name = fs_name
