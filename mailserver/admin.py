@@ -38,6 +38,8 @@ def run(config, args) -> int:
             await storage.start()
             if args.command == "force-resync":
                 report = await admin.force_resync(storage, args.user, args.mailbox)
+                if config.quota.enabled:
+                    report["quota_counters"] = await _drop_quota_counters(config, args.user)
                 print(json.dumps(report, indent=2))
             elif args.rbox_command == "ls":
                 for o in await admin.list_objects(storage, args.user):
@@ -56,6 +58,20 @@ def run(config, args) -> int:
             await storage.stop()
 
     return run_in_reactor(main, result)
+
+
+async def _drop_quota_counters(config, username: str) -> str:
+    """A resync adds and drops messages behind quota's back: drop the user's usage counters,
+    which the server recounts from every mailbox the next time it needs them (as after a
+    failed update)."""
+    from mailserver.storage.quota import MESSAGES_KEY, STORAGE_KEY
+    dictionary = plugins.load(plugins.DICTS, config.dict.driver).from_config(config)
+    await dictionary.start()
+    try:
+        await dictionary.transaction(username, sets={STORAGE_KEY: None, MESSAGES_KEY: None})
+    finally:
+        await dictionary.stop()
+    return "dropped: recounted at their next use"
 
 
 def run_in_reactor(main, result: dict) -> int:

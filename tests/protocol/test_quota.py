@@ -6,6 +6,7 @@ threshold is crossed.  (The ceph backend keeps its dictionary in the local drive
 RADOS dictionary is merged.)"""
 
 import imaplib
+import json
 import os
 import poplib
 import re
@@ -17,7 +18,6 @@ import time
 import uuid
 
 import pytest
-import pytest_twisted
 
 from tests.harness import ROOT, RunningServer, ceph_config
 
@@ -45,6 +45,7 @@ USERS = {
     "deleter": "userdb_quota_rule=*:storage=100K",
     "popper": "userdb_quota_rule=*:storage=100K",
     "counted": "userdb_quota_rule=*:storage=1M:messages=100",
+    "resynced": "userdb_quota_rule=*:storage=100K",
     "warned": "userdb_quota_rule=*:messages=4",
     "bad": "userdb_quota_rule=*:storage=lots",
     "graced": "userdb_quota_rule=*:storage=4K userdb_quota_grace=50%",
@@ -132,11 +133,16 @@ def quota_of(m: imaplib.IMAP4, mailbox: str = "INBOX") -> dict:
     return out
 
 
-def cli(server, *args) -> str:
-    done = subprocess.run([sys.executable, "-m", "mailserver", "quota", *args, "-c", server.config_path],
+def mailserver_cli(server, *args) -> str:
+    """``mailserver ARGS -c CONFIG`` (the server's configuration, so its dictionary driver)."""
+    done = subprocess.run([sys.executable, "-m", "mailserver", *args, "-c", server.config_path],
                           capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert done.returncode == 0, done.stderr
     return done.stdout
+
+
+def cli(server, *args) -> str:
+    return mailserver_cli(server, "quota", *args)
 
 
 def test_capabilities_and_user_without_limits(quota_server):
@@ -317,17 +323,15 @@ def test_pop3_dele_gives_room(quota_server):
     m.logout()
 
 
-async def _unset_counters(server, login: str) -> None:
-    """Remove the usage counters through the Dict interface (the local driver, which the
-    server uses on both backends here)."""
-    from plugins.local.dict import LocalDict
-    d = LocalDict(os.path.join(server.state_dir, "dict"))
-    await d.transaction(login, sets={"priv/quota/storage": None, "priv/quota/messages": None})
-    assert await d.iterate(login, "priv/quota/") == {}
+def _unset_counters(server, login: str) -> None:
+    """Remove the usage counters through the server's dictionary driver (local, or rados on
+    Ceph)."""
+    for key in ("priv/quota/storage", "priv/quota/messages"):
+        mailserver_cli(server, "dict", "unset", login, key)
+    assert mailserver_cli(server, "dict", "iter", login, "priv/quota/") == ""
 
 
-@pytest_twisted.ensureDeferred
-async def test_quota_get_and_recalc(quota_server):
+def test_quota_get_and_recalc(quota_server):
     login = quota_server.users["counted"]
     for n in range(3):
         lmtp(quota_server, [login], body(1500 + n, f"c{n}"))
@@ -343,12 +347,31 @@ async def test_quota_get_and_recalc(quota_server):
     usage = int(storage[3])
     assert 3 * 1500 + 5000 < usage < 3 * 1500 + 5000 + 3 * 600     # plus LMTP's trace headers
     assert lines[2].split()[2:5] == ["MESSAGE", "4", "100"]
-    await _unset_counters(quota_server, login)
+    _unset_counters(quota_server, login)
     recalc = cli(quota_server, "recalc", login)
     assert f"STORAGE {usage} bytes, MESSAGE 4 messages" in recalc.splitlines()[0]
     assert cli(quota_server, "get", login) == before
     m = imap(quota_server, "counted")
     assert quota_of(m)["MESSAGE"] == (4, 100)
+    m.logout()
+
+
+def test_force_resync_drops_the_counters_it_may_have_made_wrong(quota_server):
+    """force-resync adds and drops messages without telling quota: it drops the usage
+    counters, and the next GETQUOTAROOT recounts them."""
+    login = quota_server.users["resynced"]
+    for n in range(2):
+        lmtp(quota_server, [login], body(2000, f"r{n}"))
+    mailserver_cli(quota_server, "dict", "set", login, "priv/quota/storage", "1024")
+    m = imap(quota_server, "resynced")
+    assert quota_of(m)["STORAGE"][0] == 1                 # the counters are trusted as they are
+    m.logout()
+    report = json.loads(mailserver_cli(quota_server, "force-resync", login))
+    assert report["quota_counters"].startswith("dropped")
+    assert mailserver_cli(quota_server, "dict", "iter", login, "priv/quota/") == ""
+    m = imap(quota_server, "resynced")
+    usage = quota_of(m)["STORAGE"][0]
+    assert 4 <= usage <= 5                                # KiB of the two mails, recounted
     m.logout()
 
 
