@@ -161,6 +161,18 @@ def peak_rss_mb(pid: int) -> float:
     return 0.0
 
 
+def with_children(pid: int) -> list[int]:
+    """``pid`` and its live child processes (our LMTP workers, Dovecot's service processes)."""
+    out = [pid]
+    try:
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{task}/children") as f:
+                out += [int(c) for c in f.read().split()]
+    except OSError:
+        pass
+    return out
+
+
 def cpu_seconds(pids) -> float:
     """User + system CPU seconds used so far by processes and their reaped children (Dovecot's
     short-lived workers show up in the master's cutime/cstime once they exit)."""

@@ -25,7 +25,7 @@ import sys
 import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import corpus, cpu_seconds, deliver  # noqa: E402
+from common import corpus, cpu_seconds, deliver, with_children  # noqa: E402
 
 from tests.harness import RunningServer  # noqa: E402
 
@@ -73,7 +73,7 @@ def main() -> int:
         ours = RunningServer(os.path.join(tmp, "ours"), users=max(args.users, 100), options=options)
         ours.start()
         users = [ours.new_user() for _ in range(max(args.users, 100))]
-        servers = [("mailserver", ours.lmtp_port, lambda: [ours.proc.pid])]
+        servers = [("mailserver", ours.lmtp_port, lambda: with_children(ours.proc.pid))]
         dc = None
         try:
             if not args.no_dovecot:

@@ -98,6 +98,12 @@ def metadata_admin(value: str) -> str | None:
     return None
 
 
+def lmtp_processes(value) -> str | None:
+    if not 1 <= value <= 64:
+        return "must be 1 to 64"
+    return None
+
+
 def one_of(*choices) -> Callable[[Any], str | None]:
     def check(value):
         return None if value in choices else "must be one of " + ", ".join(repr(c) for c in choices)
@@ -253,6 +259,10 @@ SCHEMA: dict[str, dict[str, Key]] = {
                                     "Longer lines and NUL bytes are refused with 554 5.6.0 unless BODY=BINARYMIME."),
         "trusted_networks": Key(list, ["127.0.0.0/8", "::1/128"], networks,
                                 "Networks allowed to use XCLIENT (CIDR); connections over UNIX sockets are trusted."),
+        "processes": Key(int, 1, lmtp_processes,
+                         "Processes accepting LMTP connections: the server and processes - 1 LMTP-only "
+                         "workers it starts on its LMTP sockets (each process runs Python on one core at a "
+                         "time).  More than 1 needs [rbox] index_store = \"local\"."),
     },
     "auth": {
         "passwd_file": Key(str, "", absolute_path, "Dovecot passwd-file with users and password hashes."),
@@ -493,6 +503,7 @@ def validate(raw: dict, where: str) -> Config:
     _check_drivers(sections, where)
     _check_auth(sections, where)
     _check_quota(sections, where)
+    _check_lmtp(sections, where)
     return Config(None if where == "<defaults>" else where, sections)
 
 
@@ -598,6 +609,16 @@ def _check_quota(sections: dict, where: str) -> None:
             raise ConfigError(f"{label}: needs a message or a script")
         checked.append(warning)
     quota["warnings"] = checked
+
+
+def _check_lmtp(sections: dict, where: str) -> None:
+    """Several LMTP processes write the same users' indexes: fine on a local index (flock), but
+    CephFS clients in several processes appending to one user's log take its capabilities from
+    each other at every write (measured: 0.44x the deliveries of one process)."""
+    if sections["lmtp"]["processes"] > 1 and sections["rbox"]["index_store"] != "local":
+        raise ConfigError(f'{where}: [lmtp] processes: more than 1 needs [rbox] index_store = "local" '
+                          f'(not {sections["rbox"]["index_store"]!r}: several clients of one user\'s '
+                          f'index would slow each other down)')
 
 
 def _derive(sections: dict) -> None:

@@ -32,10 +32,15 @@ REFUSALS = {"imap": b"* BYE [UNAVAILABLE] Too many connections, try again later\
 
 
 class Server:
-    def __init__(self, config):
+    """The server; with ``lmtp_fds`` ([(fd, address family)]), an LMTP worker serving those
+    inherited sockets only (``mailserver.workers``)."""
+
+    def __init__(self, config, lmtp_fds: list | None = None):
         self.config = config
+        self.lmtp_fds = lmtp_fds
         self.ctx: ServerContext | None = None
         self.ports: list = []
+        self.workers = None
         self.exit_code = 0
         self._stopping = False
 
@@ -56,12 +61,17 @@ class Server:
             storage = build_quota_storage(cfg, storage, dictionary, auth)
         self.ctx = ServerContext(config=cfg, storage=storage, auth=auth, dict=dictionary, tls=tls)
         limiter = limits.ConnectionLimiter.from_config(cfg)
+        if self.lmtp_fds is not None:
+            factory = self._factory("lmtp", limiter)
+            for fd, family in self.lmtp_fds:
+                self.ports.append(reactor.adoptStreamPort(fd, family, factory))
+                os.close(fd)            # adoptStreamPort took its own copy
+            log.info("LMTP worker serving {n} inherited socket(s)", n=len(self.lmtp_fds))
+            return
         bound = {}
+        lmtp_ports = []
         for name in PROTOCOLS:
-            module = importlib.import_module(f"mailserver.protocols.{name}")
-            factory = module.build_factory(self.ctx)
-            factory.noisy = False   # we log our own listening lines
-            factory = limits.LimitedFactory(factory, limiter, REFUSALS[name], per_ip=name != "lmtp", name=name)
+            factory = self._factory(name, limiter)
             section = getattr(cfg, name)
             listeners = [(name, spec, factory) for spec in section.listen]
             if "listen_tls" in section.as_dict() and section.listen_tls:
@@ -75,11 +85,37 @@ class Server:
                 address = _address(port, spec)
                 bound.setdefault(label, []).append(address)
                 log.info("{protocol} listening on {address}", protocol=label.upper(), address=address)
+                if label == "lmtp":
+                    lmtp_ports.append((endpoints.description(spec), port))
+        if cfg.lmtp.processes > 1:
+            self._start_workers(lmtp_ports)
         _write_listeners(cfg.server.state_dir, bound)
         if tls is None and any(not spec.startswith(("127.", "[::1]", "localhost", "unix:"))
                                for name in ("imap", "pop3") for spec in getattr(cfg, name).listen):
             log.warn("no [tls] certificate: clients outside [auth] plaintext_networks {nets} cannot log in",
                      nets=cfg.auth.plaintext_networks)
+
+    def _factory(self, name: str, limiter):
+        module = importlib.import_module(f"mailserver.protocols.{name}")
+        factory = module.build_factory(self.ctx)
+        factory.noisy = False   # we log our own listening lines
+        return limits.LimitedFactory(factory, limiter, REFUSALS[name], per_ip=name != "lmtp", name=name)
+
+    def _start_workers(self, lmtp_ports: list) -> None:
+        from mailserver.workers import LMTPWorkers, shareable_ports
+        cfg = self.config
+        ports = shareable_ports(lmtp_ports)
+        if len(ports) < len(lmtp_ports):
+            log.warn("[lmtp] processes: listeners other than host:port, tcp:, tcp6: and unix: are "
+                     "served by this process only")
+        if not ports:
+            log.warn("[lmtp] processes = {n}: no LMTP socket a worker can share; no workers",
+                     n=cfg.lmtp.processes)
+            return
+        if cfg.path is None:
+            raise ConfigError("[lmtp] processes: the workers need the server started with a configuration file")
+        self.workers = LMTPWorkers(reactor, os.path.abspath(cfg.path), ports, cfg.lmtp.processes - 1)
+        self.workers.start()
 
     def reload(self) -> None:
         """SIGHUP: re-read the TLS certificate and key (open sessions keep theirs).  The
@@ -97,6 +133,8 @@ class Server:
         self.ctx.stopping = True
         log.info("shutting down: {n} connections open", n=len(self.ctx.connections))
         await defer.DeferredList([defer.maybeDeferred(p.stopListening) for p in self.ports])
+        if self.workers is not None:
+            await self.workers.stop()       # each finishes its deliveries within its own timeout
         storage_stop = defer.Deferred.fromCoroutine(self._stop_storage())
         timeout = reactor.callLater(self.config.server.shutdown_timeout, storage_stop.cancel)
         try:
@@ -166,10 +204,16 @@ def _write_listeners(state_dir: str, bound: dict) -> None:
         log.warn("cannot write {dir}/listeners.json: {e}", dir=state_dir, e=str(e))
 
 
-def serve(config) -> int:
-    """Run until SIGTERM/SIGINT.  Returns the process exit status."""
+def serve(config, lmtp_worker_fds: str | None = None) -> int:
+    """Run until SIGTERM/SIGINT.  Returns the process exit status.  ``lmtp_worker_fds``: run as
+    an LMTP worker of a server (``mailserver.workers``) on the sockets it names."""
     logsetup.setup(config.server.log_format, config.server.log_level)
-    server = Server(config)
+    fds = None
+    if lmtp_worker_fds is not None:
+        from mailserver import workers
+        fds = workers.decode_fds(lmtp_worker_fds)
+        workers.watch_parent(reactor)
+    server = Server(config, fds)
 
     def started_failed(failure):
         err = failure.value

@@ -1,0 +1,165 @@
+"""``[lmtp] processes``: LMTP worker processes sharing the server's LMTP socket, on the embedded
+default.  Connections are served by both processes, every delivery lands exactly once and is
+read over IMAP from the server process, a dead worker is started again, and no worker
+outlives the server, whether it stops or is killed."""
+
+from __future__ import annotations
+
+import imaplib
+import os
+import signal
+import smtplib
+import time
+
+import pytest
+
+from mailserver import config
+from tests.harness import RunningServer
+
+
+def children(pid: int) -> list[int]:
+    out = []
+    for task in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{task}/children") as f:
+            out += [int(c) for c in f.read().split()]
+    return out
+
+
+def sockets(pid: int) -> int:
+    """Open sockets of a process."""
+    n = 0
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            n += os.readlink(f"/proc/{pid}/fd/{fd}").startswith("socket:")
+        except OSError:
+            pass
+    return n
+
+
+def wait_for(predicate, timeout: float = 15.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError("timed out")
+
+
+def alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def workers_ready(server, n: int) -> None:
+    """Wait until ``n`` workers (in all) said they serve their sockets."""
+    wait_for(lambda: server.log_text().count("LMTP worker serving") >= n)
+
+
+@pytest.fixture
+def two_process_server(tmp_path):
+    server = RunningServer(str(tmp_path / "srv"), users=20, options={"lmtp": {"processes": 2}})
+    server.start()
+    workers_ready(server, 1)
+    yield server
+    server.stop()
+
+
+def message(n: int) -> bytes:
+    return (f"From: a@example.net\r\nSubject: worker test {n}\r\nMessage-ID: <w{n}@example.net>\r\n\r\n"
+            f"body {n}\r\n").encode()
+
+
+def test_connections_spread_and_every_delivery_lands_once(two_process_server):
+    server = two_process_server
+    worker = wait_for(lambda: children(server.proc.pid))
+    assert len(worker) == 1
+    user, pw = server.new_user()
+    before = {p: sockets(p) for p in (server.proc.pid, worker[0])}
+    conns = []
+    try:
+        # The kernel hands each connection to one of the two processes (whichever accepts
+        # first): open them until both have some, at most 60.
+        grown = {}
+        while len(conns) < 60 and (len(conns) < 20 or not all(grown.values())):
+            c = smtplib.LMTP(server.host, server.lmtp_port, timeout=20)
+            c.ehlo("test")                      # accepted and answered by whichever took it
+            conns.append(c)
+            grown = {p: sockets(p) - n for p, n in before.items()}
+        assert all(g > 0 for g in grown.values()), grown
+        for n, c in enumerate(conns):
+            assert c.sendmail("s@example.net", [user], message(n)) == {}
+    finally:
+        for c in conns:
+            c.quit()
+    m = imaplib.IMAP4(server.host, server.imap_port)
+    m.login(user, pw)
+    total = len(conns)
+    assert m.select("INBOX") == ("OK", [str(total).encode()])
+    typ, data = m.uid("SEARCH", "ALL")
+    assert sorted(map(int, data[0].split())) == list(range(1, total + 1))
+    typ, data = m.fetch("1:*", "(BODY.PEEK[HEADER.FIELDS (SUBJECT)])")
+    subjects = sorted(part[1].strip() for part in data if isinstance(part, tuple))
+    assert subjects == sorted(f"Subject: worker test {n}".encode() for n in range(total))
+    m.logout()
+
+
+def test_idle_in_the_server_sees_what_either_process_delivered(two_process_server):
+    """IDLE sessions live in the server process; a worker's deliveries reach them through the
+    index (its poll, every second), the server's own at once."""
+    import imapclient
+    server = two_process_server
+    user, pw = server.new_user()
+    c = imapclient.IMAPClient(server.host, port=server.imap_port, ssl=False, timeout=20)
+    c.login(user, pw)
+    c.select_folder("INBOX")
+    c.idle()
+    for n in range(10):                         # separate connections: both processes take some
+        with smtplib.LMTP(server.host, server.lmtp_port, timeout=20) as lmtp:
+            assert lmtp.sendmail("s@example.net", [user], message(n)) == {}
+    seen = 0
+    deadline = time.monotonic() + 10
+    while seen < 10 and time.monotonic() < deadline:
+        for count, what in c.idle_check(timeout=1):
+            if what == b"EXISTS":
+                seen = max(seen, count)
+    c.idle_done()
+    c.logout()
+    assert seen == 10
+
+
+def test_a_dead_worker_is_started_again(two_process_server):
+    server = two_process_server
+    first = wait_for(lambda: children(server.proc.pid))[0]
+    os.kill(first, signal.SIGKILL)
+    second = wait_for(lambda: [p for p in children(server.proc.pid) if p != first and alive(p)])[0]
+    assert "ended unexpectedly" in server.log_text()
+    workers_ready(server, 2)
+    user, _ = server.new_user()
+    for n in range(6):                          # whoever takes them, they are delivered
+        with smtplib.LMTP(server.host, server.lmtp_port, timeout=20) as c:
+            assert c.sendmail("s@example.net", [user], message(n)) == {}
+    assert alive(second)
+
+
+def test_no_worker_outlives_the_server(tmp_path):
+    server = RunningServer(str(tmp_path / "srv"), users=5, options={"lmtp": {"processes": 3}})
+    server.start()
+    workers = wait_for(lambda: (lambda c: c if len(c) == 2 else None)(children(server.proc.pid)))
+    server.stop()                               # SIGTERM: the server stops its workers first
+    assert not any(alive(p) for p in workers)
+    server.start()
+    workers = wait_for(lambda: (lambda c: c if len(c) == 2 else None)(children(server.proc.pid)))
+    server.stop(sig=signal.SIGKILL)             # killed: the workers see their stdin close
+    wait_for(lambda: not any(alive(p) for p in workers))
+
+
+def test_several_processes_need_the_local_index():
+    with pytest.raises(config.ConfigError, match=r'\[lmtp\] processes: more than 1 needs \[rbox\] index_store = "local"'):
+        config.validate({"lmtp": {"processes": 2}, "rbox": {"index_store": "cephfs"}}, "m.toml")
+    with pytest.raises(config.ConfigError, match=r"\[lmtp\] processes: must be 1 to 64"):
+        config.validate({"lmtp": {"processes": 0}}, "m.toml")
+    assert config.validate({"lmtp": {"processes": 4}}, "m.toml").lmtp.processes == 4
