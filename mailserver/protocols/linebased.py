@@ -14,7 +14,7 @@ from __future__ import annotations
 import secrets
 from typing import Coroutine
 
-from twisted.internet import defer, protocol
+from twisted.internet import defer, protocol, tcp
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -29,6 +29,25 @@ def peer_address(transport) -> tuple[str, str]:
     if host is None:
         return type(peer).__name__, ""
     return (f"[{host}]:{port}" if ":" in host else f"{host}:{port}"), host
+
+
+def write_now(transport, data: bytes) -> None:
+    """``transport.write(data)``, but on a plain TCP connection with nothing queued the bytes go
+    to the socket at once.  Twisted queues every write and asks epoll for writability, then
+    sends and stops asking: two epoll changes and a loop turn per reply, each system call a
+    chance for a pool thread to take the GIL (measured: 60 us each under LMTP load).  What the
+    socket does not take is queued as usual."""
+    if (type(transport) is tcp.Server and not transport.TLS    # after STARTTLS: through TLS
+            and transport.connected and not transport.disconnecting
+            and not transport._tempDataBuffer and transport.offset == len(transport.dataBuffer)):
+        try:
+            sent = transport.socket.send(data)
+        except OSError:
+            sent = 0            # EAGAIN, or an error the queued write will meet and report
+        if sent == len(data):
+            return
+        data = data[sent:]
+    transport.write(data)
 
 
 class LineServerProtocol(protocol.Protocol):
@@ -92,7 +111,7 @@ class LineServerProtocol(protocol.Protocol):
         """Write one reply line (CRLF added)."""
         if isinstance(line, str):
             line = line.encode("utf-8")
-        self.transport.write(line + b"\r\n")
+        write_now(self.transport, line + b"\r\n")
 
     def close(self) -> None:
         """Stop reading and close once pending output is written."""
