@@ -134,7 +134,8 @@ class Server:
         log.info("shutting down: {n} connections open", n=len(self.ctx.connections))
         await defer.DeferredList([defer.maybeDeferred(p.stopListening) for p in self.ports])
         if self.workers is not None:
-            await self.workers.stop()       # each finishes its deliveries within its own timeout
+            # Each finishes its deliveries within its own shutdown_timeout.
+            await self.workers.stop(self.config.server.shutdown_timeout + 10)
         storage_stop = defer.Deferred.fromCoroutine(self._stop_storage())
         timeout = reactor.callLater(self.config.server.shutdown_timeout, storage_stop.cancel)
         try:

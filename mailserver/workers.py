@@ -106,21 +106,28 @@ class LMTPWorkers:
                   slot=child.slot + 1, reason=str(reason), delay=delay)
         self.reactor.callLater(delay, self._spawn, child.slot)
 
-    def pids(self) -> list[int]:
-        return [c.transport.pid for c in self.children.values() if c.transport.pid]
-
-    async def stop(self) -> None:
-        """SIGTERM every worker (each finishes its deliveries as the server does) and wait."""
+    async def stop(self, patience: float) -> None:
+        """SIGTERM every worker (each finishes its deliveries as the server does) and wait; one
+        still there after ``patience`` seconds is killed."""
         self._stopping = True
-        ended = []
-        for child in list(self.children.values()):
-            ended.append(child.ended)
-            try:
-                child.transport.signalProcess("TERM")
-            except Exception:            # already gone
-                pass
-        if ended:
-            await defer.DeferredList(ended)
+        children = list(self.children.values())
+        for child in children:
+            _signal(child, "TERM")
+        if not children:
+            return
+        done = defer.DeferredList([c.ended for c in children])
+        late = self.reactor.callLater(patience, lambda: [_signal(c, "KILL") for c in children
+                                                         if not c.ended.called])
+        await done
+        if late.active():
+            late.cancel()
+
+
+def _signal(child: _Child, name: str) -> None:
+    try:
+        child.transport.signalProcess(name)
+    except Exception:                    # already gone
+        pass
 
 
 def watch_parent(reactor) -> None:
