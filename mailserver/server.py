@@ -124,6 +124,8 @@ class Server:
             self.ctx.tls.reload()
         else:
             log.info("SIGHUP: no TLS certificate to reload")
+        if self.workers is not None:
+            self.workers.signal_all("HUP")      # their STARTTLS certificate too
 
     async def stop(self) -> None:
         """Graceful stop: no new connections, wait for writes, then close what is left."""

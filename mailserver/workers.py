@@ -16,7 +16,6 @@ goes away without stopping it (its stdin, a pipe from the server, reaches end of
 from __future__ import annotations
 
 import os
-import signal
 import socket
 import sys
 
@@ -106,6 +105,10 @@ class LMTPWorkers:
                   slot=child.slot + 1, reason=str(reason), delay=delay)
         self.reactor.callLater(delay, self._spawn, child.slot)
 
+    def signal_all(self, name: str) -> None:
+        for child in list(self.children.values()):
+            _signal(child, name)
+
     async def stop(self, patience: float) -> None:
         """SIGTERM every worker (each finishes its deliveries as the server does) and wait; one
         still there after ``patience`` seconds is killed."""
@@ -132,7 +135,8 @@ def _signal(child: _Child, name: str) -> None:
 
 def watch_parent(reactor) -> None:
     """In a worker: stop when stdin (the server's pipe) closes, so a worker never outlives a
-    server that was killed; and SIGTERM stops it like the server."""
+    server that was killed.  (SIGTERM stops it and SIGHUP reloads its certificate, as for the
+    server, which passes SIGHUP on.)"""
     from twisted.internet import stdio
 
     class _Parent(protocol.Protocol):
@@ -142,4 +146,3 @@ def watch_parent(reactor) -> None:
                 reactor.stop()
 
     stdio.StandardIO(_Parent(), stdin=0, stdout=os.open(os.devnull, os.O_WRONLY))
-    signal.signal(signal.SIGHUP, signal.SIG_IGN)

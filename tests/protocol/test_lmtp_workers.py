@@ -145,6 +145,16 @@ def test_a_dead_worker_is_started_again(two_process_server):
     assert alive(second)
 
 
+def test_sighup_reaches_the_workers(two_process_server):
+    """A reload (SIGHUP, systemd's ExecReload) is passed on: each worker re-reads its TLS
+    certificate (here: says it has none) and keeps serving."""
+    server = two_process_server
+    worker = wait_for(lambda: children(server.proc.pid))[0]
+    os.kill(server.proc.pid, signal.SIGHUP)
+    wait_for(lambda: server.log_text().count("SIGHUP: no TLS certificate to reload") >= 2)
+    assert alive(worker) and children(server.proc.pid) == [worker]
+
+
 def test_no_worker_outlives_the_server(tmp_path):
     server = RunningServer(str(tmp_path / "srv"), users=5, options={"lmtp": {"processes": 3}})
     server.start()
