@@ -59,6 +59,7 @@ class _Child(protocol.ProcessProtocol):
     def __init__(self, owner: "LMTPWorkers", slot: int):
         self.owner = owner
         self.slot = slot
+        self.started = owner.reactor.seconds()
         self.ended = defer.Deferred()
 
     def processEnded(self, reason):
@@ -99,6 +100,8 @@ class LMTPWorkers:
             del self.children[child.slot]
         if self._stopping:
             return
+        if self.reactor.seconds() - child.started >= RESTART_MAX:
+            self._delay.pop(child.slot, None)       # it had been fine for a while: start afresh
         delay = self._delay.get(child.slot, RESTART_FIRST)
         self._delay[child.slot] = min(delay * 2, RESTART_MAX)
         log.error("LMTP worker {slot} ended unexpectedly ({reason}); starting it again in {delay:g} s",
