@@ -22,7 +22,7 @@ import uuid
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from bench.common import corpus, cpu_seconds, deliver  # noqa: E402
+from bench.common import corpus, cpu_seconds, deliver, settings_from  # noqa: E402
 from mailserver.devceph import DevCeph  # noqa: E402
 from tests.harness import RunningServer, ceph_config  # noqa: E402
 
@@ -32,16 +32,9 @@ STORAGE_SECTIONS = ("rbox", "cephfs")     # passed through ceph_config; the rest
 
 def settings(items: list[str]) -> tuple[dict, dict]:
     """(server options, {storage section: TOML lines}) from SECTION.KEY=JSON items."""
-    options: dict = {"server": {"log_level": "info"}}     # production logging
-    storage: dict = {s: "" for s in STORAGE_SECTIONS}
-    for item in items:
-        name, _, value = item.partition("=")
-        section, _, key = name.partition(".")
-        parsed = json.loads(value)
-        if section in STORAGE_SECTIONS:
-            storage[section] += f"{key} = {json.dumps(parsed)}\n"
-        else:
-            options.setdefault(section, {})[key] = parsed
+    options = settings_from(items, {"server": {"log_level": "info"}})     # production logging
+    storage = {s: "".join(f"{k} = {json.dumps(v)}\n" for k, v in options.pop(s, {}).items())
+               for s in STORAGE_SECTIONS}
     return options, storage
 
 

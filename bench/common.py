@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import os
 import random
 import sys
@@ -159,6 +160,16 @@ def peak_rss_mb(pid: int) -> float:
             if line.startswith("VmHWM:"):
                 return int(line.split()[1]) / 1024
     return 0.0
+
+
+def settings_from(items: list[str], options: dict | None = None) -> dict:
+    """``--set SECTION.KEY=JSON`` items as ``{section: {key: value}}``, added to ``options``."""
+    options = options if options is not None else {}
+    for item in items:
+        name, _, value = item.partition("=")
+        section, _, key = name.partition(".")
+        options.setdefault(section, {})[key] = json.loads(value)
+    return options
 
 
 def with_children(pid: int) -> list[int]:

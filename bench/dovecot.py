@@ -126,8 +126,8 @@ protocol lmtp {{
         """Dovecot's processes (master and children), for CPU and memory accounting."""
         if self.proc is None:
             return []
-        out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(self.proc.pid)], capture_output=True, text=True)
-        return [self.proc.pid] + [int(p) for p in out.stdout.split()]
+        from bench.common import with_children    # bench/common.py put the repository on sys.path
+        return with_children(self.proc.pid)
 
     def stop(self) -> None:
         if self.proc is not None:

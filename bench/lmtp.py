@@ -25,7 +25,7 @@ import sys
 import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import corpus, cpu_seconds, deliver, with_children  # noqa: E402
+from common import corpus, cpu_seconds, deliver, settings_from, with_children  # noqa: E402
 
 from tests.harness import RunningServer  # noqa: E402
 
@@ -58,11 +58,7 @@ def main() -> int:
     ap.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=JSON",
                     help="a configuration value for our server, e.g. server.io_threads=4")
     args = ap.parse_args()
-    options: dict = {"server": {"log_level": "info"}}
-    for item in args.set:
-        name, _, value = item.partition("=")
-        section, _, key = name.partition(".")
-        options.setdefault(section, {})[key] = json.loads(value)
+    options = settings_from(args.set, {"server": {"log_level": "info"}})
     scenarios = args.only or SCENARIOS
     mails = corpus(args.messages, seed=1, size=args.size)
     fanout_mails = corpus(args.fanout_messages, seed=2, size=args.size)

@@ -74,7 +74,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
-from bench.common import cpu_seconds  # noqa: E402
+from bench.common import cpu_seconds, settings_from  # noqa: E402
 from bench.dovecot import Dovecot  # noqa: E402
 from tests import slapd as slapd_mod  # noqa: E402
 from tests.authtls_support import Certificates, ConfiguredServer  # noqa: E402
@@ -340,11 +340,7 @@ def main() -> int:
                     help="a configuration value for our server, e.g. server.log_level='\"warn\"'")
     ap.add_argument("--json", metavar="FILE", help="write the results as JSON")
     args = ap.parse_args()
-    options: dict = {}
-    for item in args.set:
-        name, _, value = item.partition("=")
-        section, _, key = name.partition(".")
-        options.setdefault(section, {})[key] = json.loads(value)
+    options = settings_from(args.set)
     rows = [r for r in ROWS if not args.only or r in args.only]
     setups = sorted({SETUP_OF[r] for r in rows})
     if any(s != "passwd" for s in setups) and not slapd_mod.available():

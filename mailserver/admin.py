@@ -64,11 +64,11 @@ async def _drop_quota_counters(config, username: str) -> str:
     """A resync adds and drops messages behind quota's back: drop the user's usage counters,
     which the server recounts from every mailbox the next time it needs them (as after a
     failed update)."""
-    from mailserver.storage.quota import MESSAGES_KEY, STORAGE_KEY
+    from mailserver.storage.quota import drop_counters
     dictionary = plugins.load(plugins.DICTS, config.dict.driver).from_config(config)
     await dictionary.start()
     try:
-        await dictionary.transaction(username, sets={STORAGE_KEY: None, MESSAGES_KEY: None})
+        await drop_counters(dictionary, username)
     finally:
         await dictionary.stop()
     return "dropped: recounted at their next use"

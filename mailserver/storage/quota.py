@@ -57,6 +57,11 @@ def check_limits(limits: Limits, usage: tuple[int, int], size: int, count: int, 
         raise over_quota(f"{what}: {usage[1]} + {count} messages > message limit {limits.messages}")
 
 
+async def drop_counters(dictionary, username: str) -> None:
+    """Remove a user's usage counters; they are recounted at their next use."""
+    await dictionary.transaction(username, sets={STORAGE_KEY: None, MESSAGES_KEY: None})
+
+
 class QuotaStorage:
     """Wraps a ``MailStorage``: users it opens are ``QuotaUser``; everything else (start, stop,
     a format's admin module...) is the inner storage's.
@@ -150,7 +155,7 @@ class QuotaStorage:
         """Drop the counters so the next use recounts them (when a change could not be
         counted).  Best effort: a dictionary that cannot answer is logged."""
         try:
-            await self.dict.transaction(user.name, sets={STORAGE_KEY: None, MESSAGES_KEY: None})
+            await drop_counters(self.dict, user.name)
         except StorageError as e:
             log.error("quota: counters of {user} may be wrong and could not be dropped: {error}",
                       user=user.name, error=str(e))

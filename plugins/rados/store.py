@@ -66,6 +66,14 @@ def user_namespace(username: str, suffix: str) -> str:
     return username + suffix
 
 
+def _read_data(rv: int, payload) -> bytes:
+    """The bytes of a finished aio_read.  python-rados only trims its buffer for
+    0 < rv < length: a read past the end (rv 0) would hand back ``length`` bytes of
+    uninitialised memory."""
+    data = payload[0]
+    return data if len(data) == rv else data[:rv]
+
+
 def _nonempty(value: str) -> str | None:
     return None if value else "must not be empty"
 
@@ -377,9 +385,8 @@ class RadosObjectStore(ObjectStore):
             try:
                 if d is not None:
                     rv, payload = await d
-                    if rv <= size:      # python-rados trims only for 0 < rv < length
-                        data = payload[0]
-                        out.append(data if len(data) == rv else data[:rv])
+                    if rv <= size:
+                        out.append(_read_data(rv, payload))
                         continue
                 out.append(await self.get(ns, oid))
             except StorageError as e:
@@ -390,10 +397,7 @@ class RadosObjectStore(ObjectStore):
         io = self._io(ns)
         rv, payload = await self._aio.submit(
             what, lambda cb: io.aio_read(oid, length, offset, oncomplete=cb))
-        # python-rados only trims its buffer for 0 < rv < length: a read past the end (rv 0)
-        # would hand back `length` bytes of uninitialised memory.
-        data = payload[0]
-        return data if len(data) == rv else data[:rv]
+        return _read_data(rv, payload)
 
     async def _stat(self, ns, oid, what) -> tuple:
         """(size, mtime as python-rados gives it: time.localtime of the object's mtime)."""
