@@ -183,7 +183,9 @@ SCHEMA: dict[str, dict[str, Key]] = {
                          "Where the embedded default keeps objects, index and dictionary."),
         "hostname": Key(str, "", None, "Name used in greetings and Received headers (default: this host's FQDN)."),
         "log_format": Key(str, "auto", one_of("auto", "text", "json"),
-                          "auto: text on a terminal, JSON lines otherwise."),
+                          "auto: text on a terminal, JSON lines otherwise (one object per event: its "
+                          "fields such as session, user and peer, log_level, text, and traceback for an "
+                          "error)."),
         "log_level": Key(str, "info", one_of("debug", "info", "warn", "error"), "Least severe level logged."),
         "shutdown_timeout": Key(float, 30.0, positive, "Seconds to wait for in-flight writes on SIGTERM."),
         "io_threads": Key(int, 8, positive, "Threads for blocking storage I/O (local files, password hashing)."),
