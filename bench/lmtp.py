@@ -12,7 +12,7 @@ round (the machine is shared and its speed drifts: only interleaved figures comp
 
 Both servers run for the whole benchmark with production-like settings (our log level info; both
 fsync every delivery).  Prints each round and the medians: deliveries/s and server CPU ms per
-delivery (Dovecot: all its processes).
+delivery (Dovecot: all its processes), and the median of the rounds' ratios ours/Dovecot.
 """
 
 from __future__ import annotations
@@ -99,6 +99,10 @@ def main() -> int:
             rs = results[(name, scenario)]
             line.append(f"{name} {statistics.median(r['per_s'] for r in rs):6.0f}/s "
                         f"{statistics.median(r['cpu_ms'] for r in rs):.2f} ms")
+        if len(servers) == 2:
+            # The machine's speed drifts between rounds: the ratio within each round is steadier.
+            pairs = zip(results[("mailserver", scenario)], results[("dovecot", scenario)])
+            line.append(f"ours/dovecot {statistics.median(a['per_s'] / b['per_s'] for a, b in pairs):.2f}")
         print("   ".join(line))
     return 0
 

@@ -24,7 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("serve", help="run IMAP, POP3 and LMTP in the foreground")
     _config_arg(p)
-    p.add_argument("--lmtp-worker-fds", help=argparse.SUPPRESS)    # set by the server for its LMTP workers
+    p.add_argument("--lmtp-worker-channel", type=int, help=argparse.SUPPRESS)  # set by the server for its LMTP workers
 
     p = sub.add_parser("demo", help="run on the embedded default with a demo user (see README)")
     p.add_argument("--state-dir", required=True, help="directory for the demo's config, users and mail")
@@ -107,7 +107,7 @@ def _load_config(path: str):
 def _serve(args) -> int:
     cfg = _load_config(args.config)
     from mailserver import server
-    return server.serve(cfg, args.lmtp_worker_fds)
+    return server.serve(cfg, args.lmtp_worker_channel)
 
 
 def _demo(args) -> int:

@@ -262,9 +262,10 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "trusted_networks": Key(list, ["127.0.0.0/8", "::1/128"], networks,
                                 "Networks allowed to use XCLIENT (CIDR); connections over UNIX sockets are trusted."),
         "processes": Key(int, 1, lmtp_processes,
-                         "Processes accepting LMTP connections: the server and processes - 1 LMTP-only "
-                         "workers it starts on its LMTP sockets (each process runs Python on one core at a "
-                         "time).  More than 1 needs [rbox] index_store = \"local\"."),
+                         "Processes serving LMTP connections: the server accepts them and gives each to "
+                         "the least busy of itself and the processes - 1 LMTP-only workers it starts (each "
+                         "process runs Python on one core at a time).  More than 1 needs [rbox] "
+                         "index_store = \"local\"."),
     },
     "auth": {
         "passwd_file": Key(str, "", absolute_path, "Dovecot passwd-file with users and password hashes."),

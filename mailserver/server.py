@@ -32,12 +32,12 @@ REFUSALS = {"imap": b"* BYE [UNAVAILABLE] Too many connections, try again later\
 
 
 class Server:
-    """The server; with ``lmtp_fds`` ([(fd, address family)]), an LMTP worker serving those
-    inherited sockets only (``mailserver.workers``)."""
+    """The server; with ``lmtp_channel`` (a file descriptor), an LMTP worker serving the
+    connections the server sends over it (``mailserver.workers``)."""
 
-    def __init__(self, config, lmtp_fds: list | None = None):
+    def __init__(self, config, lmtp_channel: int | None = None):
         self.config = config
-        self.lmtp_fds = lmtp_fds
+        self.lmtp_channel = lmtp_channel
         self.ctx: ServerContext | None = None
         self.ports: list = []
         self.workers = None
@@ -61,12 +61,10 @@ class Server:
             storage = build_quota_storage(cfg, storage, dictionary, auth)
         self.ctx = ServerContext(config=cfg, storage=storage, auth=auth, dict=dictionary, tls=tls)
         limiter = limits.ConnectionLimiter.from_config(cfg)
-        if self.lmtp_fds is not None:
-            factory = self._factory("lmtp", limiter)
-            for fd, family in self.lmtp_fds:
-                self.ports.append(reactor.adoptStreamPort(fd, family, factory))
-                os.close(fd)            # adoptStreamPort took its own copy
-            log.info("LMTP worker serving {n} inherited socket(s)", n=len(self.lmtp_fds))
+        if self.lmtp_channel is not None:
+            from mailserver import workers
+            workers.serve_channel(reactor, self.lmtp_channel, self._factory("lmtp", limiter))
+            log.info("LMTP worker serving the connections the server hands over")
             return
         bound = {}
         lmtp_ports = []
@@ -80,6 +78,8 @@ class Server:
                 tls_factory.noisy = False
                 listeners += [(name + "s", spec, tls_factory) for spec in section.listen_tls]
             for label, spec, f in listeners:
+                if label == "lmtp":
+                    lmtp_factory = f
                 port = await endpoints.server_endpoint(reactor, spec).listen(f)
                 self.ports.append(port)
                 address = _address(port, spec)
@@ -88,7 +88,7 @@ class Server:
                 if label == "lmtp":
                     lmtp_ports.append((endpoints.description(spec), port))
         if cfg.lmtp.processes > 1:
-            self._start_workers(lmtp_ports)
+            self._start_workers(lmtp_ports, lmtp_factory)
         _write_listeners(cfg.server.state_dir, bound)
         if tls is None and any(not spec.startswith(("127.", "[::1]", "localhost", "unix:"))
                                for name in ("imap", "pop3") for spec in getattr(cfg, name).listen):
@@ -101,20 +101,20 @@ class Server:
         factory.noisy = False   # we log our own listening lines
         return limits.LimitedFactory(factory, limiter, REFUSALS[name], per_ip=name != "lmtp", name=name)
 
-    def _start_workers(self, lmtp_ports: list) -> None:
+    def _start_workers(self, lmtp_ports: list, factory) -> None:
         from mailserver.workers import LMTPWorkers, shareable_ports
         cfg = self.config
         ports = shareable_ports(lmtp_ports)
         if len(ports) < len(lmtp_ports):
-            log.warn("[lmtp] processes: listeners other than host:port, tcp:, tcp6: and unix: are "
-                     "served by this process only")
+            log.warn("[lmtp] processes: connections to listeners other than host:port, tcp:, tcp6: "
+                     "and unix: are served by this process only")
         if not ports:
-            log.warn("[lmtp] processes = {n}: no LMTP socket a worker can share; no workers",
+            log.warn("[lmtp] processes = {n}: no LMTP socket whose connections a worker can serve; no workers",
                      n=cfg.lmtp.processes)
             return
         if cfg.path is None:
             raise ConfigError("[lmtp] processes: the workers need the server started with a configuration file")
-        self.workers = LMTPWorkers(reactor, os.path.abspath(cfg.path), ports, cfg.lmtp.processes - 1)
+        self.workers = LMTPWorkers(reactor, os.path.abspath(cfg.path), ports, cfg.lmtp.processes - 1, factory)
         self.workers.start()
 
     def reload(self) -> None:
@@ -134,6 +134,8 @@ class Server:
         self._stopping = True
         self.ctx.stopping = True
         log.info("shutting down: {n} connections open", n=len(self.ctx.connections))
+        if self.workers is not None:
+            self.workers.stop_accepting()       # before the listening sockets close under it
         await defer.DeferredList([defer.maybeDeferred(p.stopListening) for p in self.ports])
         if self.workers is not None:
             # Each finishes its deliveries within its own shutdown_timeout.
@@ -207,16 +209,11 @@ def _write_listeners(state_dir: str, bound: dict) -> None:
         log.warn("cannot write {dir}/listeners.json: {e}", dir=state_dir, e=str(e))
 
 
-def serve(config, lmtp_worker_fds: str | None = None) -> int:
-    """Run until SIGTERM/SIGINT.  Returns the process exit status.  ``lmtp_worker_fds``: run as
-    an LMTP worker of a server (``mailserver.workers``) on the sockets it names."""
+def serve(config, lmtp_worker_channel: int | None = None) -> int:
+    """Run until SIGTERM/SIGINT.  Returns the process exit status.  ``lmtp_worker_channel``: run
+    as an LMTP worker of a server (``mailserver.workers``) on that channel."""
     logsetup.setup(config.server.log_format, config.server.log_level)
-    fds = None
-    if lmtp_worker_fds is not None:
-        from mailserver import workers
-        fds = workers.decode_fds(lmtp_worker_fds)
-        workers.watch_parent(reactor)
-    server = Server(config, fds)
+    server = Server(config, lmtp_worker_channel)
 
     def started_failed(failure):
         err = failure.value

@@ -3,95 +3,269 @@
 One process runs Python on one core at a time, and an LMTP delivery is mostly Python (protocol,
 MIME analysis, index records) and hand-offs between threads; with 10 connections one process
 was measured at the rate of 1 connection.  So, as Dovecot runs several lmtp processes, the
-server can start ``processes - 1`` children that serve LMTP only: each inherits the server's
-LMTP listening sockets (the kernel gives every new connection to one process) and builds its
-own storage, dictionary and authenticator from the same configuration file.  Index changes
-between processes are serialised by the index store's file locks, as between two servers.
+server can start ``processes - 1`` children that serve LMTP only; each builds its own storage,
+dictionary and authenticator from the same configuration file.  Index changes between
+processes are serialised by the index store's file locks, as between two servers.
+
+The server accepts every LMTP connection itself and gives it to the process (itself or a
+worker) serving the fewest LMTP connections, passing the socket over a UNIX socket pair
+(SCM_RIGHTS).  Letting the processes accept from a shared listening socket was measured to put
+all 10 connections of a burst in one process in half the runs: whoever wakes first accepts
+them all.  A worker writes ``READY`` on its channel once it serves and ``CLOSED`` for each
+connection that ends, so the server knows every process's count.
 
 The server side (``LMTPWorkers``) starts them, starts again one that dies (after a pause that
 grows while they keep dying) and stops them at stop.  A worker stops by itself when the server
-goes away without stopping it (its stdin, a pipe from the server, reaches end of file).
+goes away without stopping it (its channel reaches end of file).
 """
 
 from __future__ import annotations
 
+import errno
+import itertools
 import os
 import socket
 import sys
 
-from twisted.internet import defer, protocol
+from twisted.internet import defer, interfaces, main, protocol
 from twisted.logger import Logger
+from zope.interface import implementer
 
 log = Logger(namespace="mailserver.workers")
 
-WORKER_OPTION = "--lmtp-worker-fds"
+WORKER_OPTION = "--lmtp-worker-channel"
 SHAREABLE = ("tcp:", "tcp6:", "unix:")      # endpoint descriptions a plain socket serves as is
 RESTART_FIRST = 1.0                         # seconds before starting a dead worker again, doubling
 RESTART_MAX = 60.0
-FIRST_CHILD_FD = 3
+CHANNEL_FD = 3                              # the worker's end of its channel
+READY, CLOSED, CONNECTION = b"r", b"c", b"n"
+ACCEPTS_PER_WAKEUP = 32
+_OUT_OF_RESOURCES = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 
 
 def shareable_ports(listeners: list) -> list:
-    """Of ``(description, port)``, the ports a worker can serve with a plain factory (TCP or
-    UNIX sockets; not endpoint wrappers such as haproxy:, whose work is in their factory)."""
+    """Of ``(description, port)``, the ports whose connections a worker can serve with a plain
+    factory (TCP or UNIX sockets; not endpoint wrappers such as haproxy:, whose work is in
+    their factory)."""
     return [port for desc, port in listeners if desc.startswith(SHAREABLE) and hasattr(port, "socket")]
 
 
-def encode_fds(ports: list) -> tuple[str, dict]:
-    """(the worker option's value "3:2,4:10", childFDs mapping the child's fds to ours)."""
-    spec, child_fds = [], {}
-    for n, port in enumerate(ports, FIRST_CHILD_FD):
-        spec.append(f"{n}:{int(port.socket.family)}")
-        child_fds[n] = port.fileno()
-    return ",".join(spec), child_fds
+def counting(factory, on_close):
+    """``factory`` whose every connection calls ``on_close()`` once when it ends (or at once
+    when no protocol is built for it)."""
+    return _CountingFactory(factory, on_close)
 
 
-def decode_fds(value: str) -> list[tuple[int, int]]:
-    """``"3:2,4:10"`` -> [(3, AF_INET), (4, AF_INET6)]."""
-    out = []
-    for item in value.split(","):
-        fd, _, family = item.partition(":")
-        out.append((int(fd), socket.AddressFamily(int(family))))
-    return out
+class _CountingFactory(protocol.Factory):
+    noisy = False
+
+    def __init__(self, factory, on_close):
+        self.factory = factory
+        self.on_close = on_close
+
+    def buildProtocol(self, addr):
+        try:
+            proto = self.factory.buildProtocol(addr)
+        except BaseException:
+            self.on_close()
+            raise
+        if proto is None:
+            self.on_close()
+            return None
+        lost = proto.connectionLost
+        closed = []
+
+        def connection_lost(reason=protocol.connectionDone):
+            if not closed:
+                closed.append(True)
+                self.on_close()
+            return lost(reason)
+
+        proto.connectionLost = connection_lost
+        return proto
+
+
+# --- the server side ----------------------------------------------------------------------------
+
+@implementer(interfaces.IReadDescriptor)
+class _Channel:
+    """The server's end of a worker's socket pair: sends it connections, counts what it serves."""
+
+    def __init__(self, reactor, sock: socket.socket, slot: int):
+        self.reactor = reactor
+        self.sock = sock
+        self.slot = slot
+        self.active = 0
+        self.ready = False
+        sock.setblocking(False)
+        reactor.addReader(self)
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def logPrefix(self) -> str:
+        return f"lmtp-worker-{self.slot + 1}"
+
+    def doRead(self):
+        try:
+            data = self.sock.recv(4096)
+        except BlockingIOError:
+            return None
+        except OSError:
+            return main.CONNECTION_LOST
+        if not data:
+            return main.CONNECTION_DONE
+        if READY in data and not self.ready:
+            self.ready = True
+            log.info("LMTP worker {slot} ready", slot=self.slot + 1)
+        self.active = max(0, self.active - data.count(CLOSED))
+        return None
+
+    def connectionLost(self, reason) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.ready = False
+        if self.sock.fileno() >= 0:
+            self.reactor.removeReader(self)
+            self.sock.close()
+
+    def send(self, conn: socket.socket) -> bool:
+        """Pass ``conn`` to the worker; False if it cannot take it now (the caller serves it)."""
+        try:
+            socket.send_fds(self.sock, [CONNECTION], [conn.fileno()])
+        except OSError:         # its buffer is full (a stuck worker) or it is gone
+            return False
+        self.active += 1
+        return True
+
+
+@implementer(interfaces.IReadDescriptor)
+class _Acceptor:
+    """Accepts on one of the server's LMTP listening sockets in place of Twisted's port (which
+    keeps owning the socket: it closes it at stopListening)."""
+
+    def __init__(self, owner: "LMTPWorkers", port):
+        self.owner = owner
+        self.sock = port.socket
+        self.family = port.socket.family
+        port.stopReading()
+        owner.reactor.addReader(self)
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def logPrefix(self) -> str:
+        return "lmtp-dispatch"
+
+    def doRead(self):
+        for _ in range(ACCEPTS_PER_WAKEUP):
+            try:
+                conn, _ = self.sock.accept()
+            except BlockingIOError:
+                return None
+            except OSError as e:
+                if e.errno in _OUT_OF_RESOURCES:
+                    log.error("cannot accept an LMTP connection: {e}", e=e.strerror)
+                    return None
+                continue                        # ECONNABORTED and the like: that client is gone
+            self.owner.dispatch(conn, self.family)
+        return None
+
+    def connectionLost(self, reason) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        self.owner.reactor.removeReader(self)
 
 
 class _Child(protocol.ProcessProtocol):
-    def __init__(self, owner: "LMTPWorkers", slot: int):
+    def __init__(self, owner: "LMTPWorkers", slot: int, channel: _Channel | None = None):
         self.owner = owner
         self.slot = slot
+        self.channel = channel
         self.started = owner.reactor.seconds()
         self.ended = defer.Deferred()
 
     def processEnded(self, reason):
+        if self.channel is not None:
+            self.channel.close()
         self.ended.callback(reason.value)
         self.owner._ended(self, reason.value)
 
 
 class LMTPWorkers:
-    """``count`` LMTP worker processes serving ``ports`` (of this process) with ``config_path``."""
+    """``count`` LMTP worker processes started with ``config_path``; the connections of
+    ``ports`` (of this process) go to the least busy of them and of this process, whose own
+    are served by ``factory``."""
 
-    def __init__(self, reactor, config_path: str, ports: list, count: int):
+    def __init__(self, reactor, config_path: str, ports: list, count: int, factory=None):
         self.reactor = reactor
         self.config_path = config_path
         self.ports = ports
         self.count = count
         self.children: dict[int, _Child] = {}
+        self.local_active = 0
+        self._local_factory = counting(factory, self._local_closed) if factory is not None else None
+        self._acceptors: list[_Acceptor] = []
+        self._turn = itertools.count()
         self._delay: dict[int, float] = {}
         self._stopping = False
 
     def start(self) -> None:
         for slot in range(self.count):
             self._spawn(slot)
+        self._acceptors = [_Acceptor(self, port) for port in self.ports]
+
+    def _local_closed(self) -> None:
+        self.local_active -= 1
+
+    def dispatch(self, conn: socket.socket, family) -> None:
+        """Serve ``conn`` in the process with the fewest LMTP connections (ties in turn)."""
+        conn.setblocking(False)
+        try:
+            channels = [c.channel for c in self.children.values() if c.channel is not None and c.channel.ready]
+            turn = next(self._turn)
+            # This process is a candidate like any worker; rotating the order spreads ties.
+            candidates = [None] + channels
+            order = {id(c): (i - turn) % len(candidates) for i, c in enumerate(candidates)}
+            for target in sorted(candidates, key=lambda c: (self._load(c), order[id(c)])):
+                if target is None or target.send(conn):
+                    break
+            if target is None:
+                self.local_active += 1
+                self.reactor.adoptStreamConnection(conn.fileno(), family, self._local_factory)
+        except Exception:
+            log.failure("could not hand over an LMTP connection")
+        finally:
+            conn.close()                # sent or adopted: both hold their own copy now
+
+    def _load(self, channel: _Channel | None) -> int:
+        return self.local_active if channel is None else channel.active
+
+    def stop_accepting(self) -> None:
+        """Before the server closes its listening sockets."""
+        for acceptor in self._acceptors:
+            acceptor.stop()
+        self._acceptors = []
 
     def _spawn(self, slot: int) -> None:
         if self._stopping:
             return
-        value, child_fds = encode_fds(self.ports)
-        child = _Child(self, slot)
-        args = [sys.executable, "-m", "mailserver", "serve", "--config", self.config_path, WORKER_OPTION, value]
-        # stdin a pipe from us (its end of file tells the worker we are gone), logs where ours go.
-        self.reactor.spawnProcess(child, sys.executable, args, env=os.environ.copy(),
-                                  childFDs={0: "w", 1: 1, 2: 2, **child_fds})
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            child = _Child(self, slot)
+            args = [sys.executable, "-m", "mailserver", "serve", "--config", self.config_path,
+                    WORKER_OPTION, str(CHANNEL_FD)]
+            # Logs go where ours go; stdin is a pipe nobody writes to (fd 0 stays taken).
+            self.reactor.spawnProcess(child, sys.executable, args, env=os.environ.copy(),
+                                      childFDs={0: "w", 1: 1, 2: 2, CHANNEL_FD: theirs.fileno()})
+        except BaseException:
+            ours.close()
+            raise
+        finally:
+            theirs.close()
+        child.channel = _Channel(self.reactor, ours, slot)
         self.children[slot] = child
         log.info("LMTP worker {slot} started (pid {pid})", slot=slot + 1, pid=child.transport.pid)
 
@@ -116,6 +290,7 @@ class LMTPWorkers:
         """SIGTERM every worker (each finishes its deliveries as the server does) and wait; one
         still there after ``patience`` seconds is killed."""
         self._stopping = True
+        self.stop_accepting()
         children = list(self.children.values())
         for child in children:
             _signal(child, "TERM")
@@ -136,16 +311,58 @@ def _signal(child: _Child, name: str) -> None:
         pass
 
 
-def watch_parent(reactor) -> None:
-    """In a worker: stop when stdin (the server's pipe) closes, so a worker never outlives a
-    server that was killed.  (SIGTERM stops it and SIGHUP reloads its certificate, as for the
-    server, which passes SIGHUP on.)"""
-    from twisted.internet import stdio
+# --- the worker side ----------------------------------------------------------------------------
 
-    class _Parent(protocol.Protocol):
-        def connectionLost(self, reason=None):
-            if reactor.running:
-                log.warn("the server process is gone: LMTP worker stopping")
-                reactor.stop()
+@implementer(interfaces.IFileDescriptorReceiver)
+class _WorkerChannel(protocol.Protocol):
+    """A worker's end of its channel: serves each connection the server sends with ``factory``,
+    and stops the worker when the server is gone."""
 
-    stdio.StandardIO(_Parent(), stdin=0, stdout=os.open(os.devnull, os.O_WRONLY))
+    def __init__(self, reactor, factory):
+        self.reactor = reactor
+        self.factory = counting(factory, self._closed)
+
+    def connectionMade(self):
+        self.transport.write(READY)
+
+    def fileDescriptorReceived(self, fd: int) -> None:
+        try:
+            conn = socket.socket(fileno=fd)
+        except OSError:
+            os.close(fd)
+            return
+        try:
+            self.reactor.adoptStreamConnection(conn.fileno(), conn.family, self.factory)
+        except Exception:
+            log.failure("could not serve an LMTP connection handed over by the server")
+        finally:
+            conn.close()
+
+    def dataReceived(self, data: bytes) -> None:
+        pass                            # one CONNECTION byte carries each descriptor
+
+    def _closed(self) -> None:
+        if self.transport is not None and self.transport.connected:
+            self.transport.write(CLOSED)
+
+    def connectionLost(self, reason=None):
+        if self.reactor.running:
+            log.warn("the server process is gone: LMTP worker stopping")
+            self.reactor.stop()
+
+
+def serve_channel(reactor, fd: int, factory) -> None:
+    """In a worker: serve the LMTP connections the server sends over channel ``fd``."""
+    channel = _WorkerChannel(reactor, factory)
+    reactor.adoptStreamConnection(fd, socket.AF_UNIX, _Once(channel))
+    os.close(fd)                        # adoptStreamConnection took its own copy
+
+
+class _Once(protocol.Factory):
+    noisy = False
+
+    def __init__(self, proto):
+        self.proto = proto
+
+    def buildProtocol(self, addr):
+        return self.proto

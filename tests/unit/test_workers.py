@@ -1,8 +1,9 @@
-"""LMTP workers' restart pacing and the socket hand-over encoding (mailserver/workers.py); the
+"""LMTP workers' restart pacing and how connections are shared out (mailserver/workers.py); the
 processes themselves are tested over the wire in tests/protocol/test_lmtp_workers.py."""
 
 from __future__ import annotations
 
+import os
 import socket
 
 from twisted.internet.task import Clock
@@ -44,6 +45,77 @@ def test_no_restart_once_stopping():
     assert clock.getDelayedCalls() == [] and pool.children == {}
 
 
-def test_fd_spec_round_trip():
-    assert workers.decode_fds("3:2,4:10") == [(3, socket.AF_INET), (4, socket.AF_INET6)]
-    assert workers.decode_fds("3:1") == [(3, socket.AF_UNIX)]
+class _Reactor(Clock):
+    """What the dispatcher uses of a reactor: readers are only recorded, adoption too."""
+
+    def __init__(self):
+        super().__init__()
+        self.readers = set()
+        self.adopted = []
+
+    def addReader(self, r):
+        self.readers.add(r)
+
+    def removeReader(self, r):
+        self.readers.discard(r)
+
+    def adoptStreamConnection(self, fd, family, factory):
+        self.adopted.append((os.fstat(fd).st_ino, family))
+
+
+def test_each_connection_goes_to_the_process_serving_the_fewest():
+    reactor = _Reactor()
+    pool = workers.LMTPWorkers(reactor, "/x.toml", [], 2, factory=object())
+    worker_ends = {}
+    for slot in range(2):
+        ours, theirs = socket.socketpair()
+        child = workers._Child(pool, slot, workers._Channel(reactor, ours, slot))
+        pool.children[slot] = child
+        worker_ends[slot] = theirs
+    pool.children[0].channel.ready = pool.children[1].channel.ready = True
+    listener = socket.create_server(("127.0.0.1", 0))
+    clients = []
+
+    def connect_and_dispatch():
+        clients.append(socket.create_connection(listener.getsockname()))
+        conn, _ = listener.accept()
+        inode = os.fstat(conn.fileno()).st_ino
+        pool.dispatch(conn, socket.AF_INET)
+        assert conn.fileno() == -1                  # our copy is always closed
+        return inode
+
+    def received(slot):
+        worker_ends[slot].setblocking(False)
+        inodes = []
+        try:
+            while True:
+                data, fds, _, _ = socket.recv_fds(worker_ends[slot], 16, 16)
+                assert data == workers.CONNECTION * len(fds)
+                inodes += [os.fstat(fd).st_ino for fd in fds]
+                for fd in fds:
+                    os.close(fd)
+        except BlockingIOError:
+            return inodes
+
+    sent = [connect_and_dispatch() for _ in range(6)]
+    got = {slot: received(slot) for slot in (0, 1)}
+    local = [inode for inode, _ in reactor.adopted]
+    assert (len(local), len(got[0]), len(got[1])) == (2, 2, 2)
+    assert sorted(local + got[0] + got[1]) == sorted(sent)   # each connection once, the socket itself
+    # Worker 1 reports two closed; the next two go to it.
+    worker_ends[1].send(workers.CLOSED * 2)
+    pool.children[1].channel.doRead()
+    assert pool.children[1].channel.active == 0
+    nxt = [connect_and_dispatch() for _ in range(2)]
+    assert received(1) == nxt and received(0) == []
+    # A worker that cannot take one (gone): the connection is served here instead.
+    worker_ends[1].close()
+    pool.children[0].channel.ready = False      # restarting: not offered any
+    pool.local_active = 5
+    pool.children[1].channel.active = 0
+    last = connect_and_dispatch()
+    assert reactor.adopted[-1] == (last, socket.AF_INET)
+    for s in clients + [listener, worker_ends[0]]:
+        s.close()
+    for slot in (0, 1):
+        pool.children[slot].channel.close()
