@@ -201,7 +201,8 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "max_line_length": Key(int, 65536, positive, "Longest command line (without literals), bytes."),
         "max_literal_size": Key(int, 50 * 1024 * 1024, positive, "Largest literal and APPEND message, bytes (APPENDLIMIT)."),
         "max_pipelined_commands": Key(int, 100, positive, "Commands queued before the server stops reading."),
-        "idle_check_interval": Key(float, 1.0, positive, "Seconds between checks for changes by other processes."),
+        "idle_check_interval": Key(float, 1.0, positive, "Seconds between checks for changes by other processes "
+                                    "(the local index store also watches with inotify: at once on this host)."),
         "max_auth_failures": Key(int, 3, positive, "Failed logins before the connection is closed."),
         "idle_timeout": Key(float, 1800.0, positive, "Seconds of client silence before disconnect (30 min, RFC 3501)."),
         "literal_plus": Key(bool, True, None, "Advertise LITERAL+ (non-synchronising literals of any size); "

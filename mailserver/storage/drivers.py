@@ -11,7 +11,7 @@ the thing asked for does not exist, TOO_BIG when an object exceeds the backend's
 from __future__ import annotations
 
 import abc
-from typing import Iterable
+from typing import Callable, Iterable
 
 from twisted.internet import defer
 
@@ -261,6 +261,13 @@ class IndexStore(abc.ABC):
     async def lock(self, path: str, timeout: float = 30.0) -> IndexLock:
         """Take an exclusive lock named by ``path`` (a lock file beside the data).
         StorageError(TEMPORARY) if not obtained within ``timeout`` seconds."""
+
+    def watch(self, directory: str, callback: Callable[[], None]) -> Callable[[], None] | None:
+        """Call ``callback()`` soon after files in ``directory`` change, whoever changed them
+        (this process, another one, a command-line tool): a hint to look, not one call per
+        change.  Returns a function that stops watching, or None when the store cannot watch
+        (readers then only poll, as they always also do).  This default cannot."""
+        return None
 
     async def try_lock(self, path: str) -> IndexLock | None:
         """Take the lock ``path`` only if it is free now; None when another holder (any process or

@@ -5,7 +5,8 @@ file's fsync runs, new requests for it wait for its next fsync, so many deliveri
 share one; different files are synced by parallel jobs, because concurrent fsyncs share the
 filesystem's journal commits (ext4, XFS) where one thread fsyncing files in turn pays one commit
 per file.  Locks are ``flock`` on lock files, which exclude across processes (and across hosts on
-CephFS).
+CephFS).  ``watch`` uses inotify, so an IDLE session sees at once what another process (an
+LMTP worker, a second server on this host, a command-line tool) wrote to its mailbox.
 """
 
 from __future__ import annotations
@@ -17,7 +18,9 @@ import threading
 import time
 
 from twisted.internet import defer
+from twisted.logger import Logger
 from twisted.python.failure import Failure
+from twisted.python.filepath import FilePath
 
 from mailserver import threads
 from mailserver.storage.drivers import IndexLock, IndexStore
@@ -27,6 +30,7 @@ from mailserver.storage.locks import KeyedLocks
 from mailserver.storage.paths import check_relative
 
 POOL = "local-index"
+log = Logger(namespace="mailserver.index")
 
 
 def _fsync_dir(path: str) -> None:
@@ -73,6 +77,9 @@ class LocalIndexStore(IndexStore):
         self._sync_next: dict[str, list] = {}       # waiters for a file's next fsync
         self._created: dict[str, str] = {}          # new file -> its directory, to fsync with it
         self._dirs_lock = threading.Lock()          # _created is filled from pool threads
+        self._inotify = None                        # created at the first watch
+        self._watchers: dict[str, list] = {}        # watched directory -> its callbacks
+        self._watch_failed = False
 
     @classmethod
     def from_config(cls, config) -> "LocalIndexStore":
@@ -81,11 +88,56 @@ class LocalIndexStore(IndexStore):
     async def start(self) -> None:
         await start_pool(POOL, self._threads, self.root, "index")
 
+    async def stop(self) -> None:
+        if self._inotify is not None:
+            self._inotify.loseConnection()
+            self._inotify = None
+            self._watchers.clear()
+
     def _abs(self, path: str) -> str:
         return os.path.join(self.root, check_relative(path))
 
     async def _run(self, fn, *args):
         return await run_io(POOL, "index store", fn, *args)
+
+    # --- watching -----------------------------------------------------------------------------
+    def watch(self, directory, callback):
+        from twisted.internet import inotify
+        path = self._abs(directory)
+        callbacks = self._watchers.get(path)
+        if callbacks is None:
+            try:
+                if self._inotify is None:
+                    self._inotify = inotify.INotify()
+                    self._inotify.startReading()
+                # Appends (modify), a new log file (create), a snapshot put in place (moved to).
+                self._inotify.watch(FilePath(path), mask=inotify.IN_MODIFY | inotify.IN_CREATE | inotify.IN_MOVED_TO,
+                                    callbacks=[lambda _watch, _path, _mask: self._changed(path)])
+            except Exception as e:      # no inotify, or out of watches: readers keep polling
+                if not self._watch_failed:
+                    self._watch_failed = True
+                    log.warn("cannot watch index directories ({e}): changes by other processes are "
+                             "seen at the next poll", e=str(e))
+                return None
+            callbacks = self._watchers[path] = []
+        callbacks.append(callback)
+
+        def cancel():
+            cbs = self._watchers.get(path)
+            if cbs is None or callback not in cbs:
+                return
+            cbs.remove(callback)
+            if not cbs:
+                del self._watchers[path]
+                try:
+                    self._inotify.ignore(FilePath(path))
+                except Exception:       # the directory went away, and its watch with it
+                    pass
+        return cancel
+
+    def _changed(self, path: str) -> None:
+        for callback in list(self._watchers.get(path, ())):
+            callback()
 
     # --- reading ------------------------------------------------------------------------------
     @staticmethod

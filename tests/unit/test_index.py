@@ -195,3 +195,27 @@ async def test_polling_a_storage_that_fails_logs_a_warning_not_a_traceback(store
         globalLogPublisher.removeObserver(events.append)
     assert not [e for e in events if e.get("log_failure") is not None]
     assert any("polling for changes failed" in e.get("log_format", "") for e in events)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_change_by_another_process_is_seen_at_once_through_the_watch(store):
+    """The local store watches an index directory (inotify) for listeners, so an IDLE session
+    sees another process's commit (an LMTP worker's delivery) without waiting for its poll."""
+    from twisted.internet import defer, reactor
+    reader = MailboxIndex(store, "u/box", poll_interval=3600.0)    # its poll would never come
+    writer = MailboxIndex(LocalIndexStore(store.root), "u/box")    # the other process
+    await writer.create(1, GUID, 0)
+    await reader.load()
+    seen = defer.Deferred()
+    stop = reader.add_listener(lambda: seen.called or seen.callback(None))
+    try:
+        assert reader._unwatch is not None
+        await writer.commit(append_builder(3))
+        timeout = reactor.callLater(5, seen.cancel)
+        await seen
+        timeout.cancel()
+        assert list(reader.state.uids) == [1, 2, 3]
+    finally:
+        stop()
+    assert reader._unwatch is None and store._watchers == {}
+    await store.stop()

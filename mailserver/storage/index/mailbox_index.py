@@ -49,6 +49,8 @@ class MailboxIndex:
         self._lock = defer.DeferredLock()    # one refresh or commit at a time in this process
         self._listeners: set[Callable[[], None]] = set()
         self._poller: task.LoopingCall | None = None
+        self._unwatch = None       # stops the store's watch of this directory, if it has one
+        self._look_soon = False    # a look after a watch event is scheduled
         self.deleted = False
         self.owner = None          # set by the mailbox format: who this index belongs to
         self.checkpointed = None   # highestmodseq at the last checkpoint (mailbox format's business)
@@ -240,11 +242,14 @@ class MailboxIndex:
 
     # --- change notification ------------------------------------------------------------------
     def add_listener(self, callback: Callable[[], None]) -> Callable[[], None]:
+        """``callback()`` after every change (ours at once; others' when the store's watch
+        reports them, else at the next poll, every ``poll_interval`` seconds)."""
         self._listeners.add(callback)
         if self._poller is None:
             self._poller = task.LoopingCall(self._poll)
             self._poller.start(self.poll_interval, now=False).addErrback(
                 lambda f: log.failure("index poller for {dir}", f, dir=self.dir))
+            self._unwatch = self.store.watch(self.dir, self._watched_change)
 
         def remove():
             self._listeners.discard(callback)
@@ -252,7 +257,23 @@ class MailboxIndex:
                 if self._poller.running:
                     self._poller.stop()
                 self._poller = None
+                if self._unwatch is not None:
+                    self._unwatch()
+                    self._unwatch = None
         return remove
+
+    def _watched_change(self) -> None:
+        """The store saw files here change: look once soon (one look for a burst of events)."""
+        if not self._look_soon:
+            self._look_soon = True
+            reactor.callLater(0, self._look)
+
+    def _look(self):
+        if self._lock.locked:       # a refresh or commit is running: it may predate the change
+            reactor.callLater(0.05, self._look)
+            return None
+        self._look_soon = False     # events from here on ask for another look
+        return self._poll()
 
     def notify(self) -> None:
         for cb in list(self._listeners):
