@@ -31,6 +31,7 @@ class Key:
     doc: str = ""
     required: bool = False
     item: type = str            # element type of a list (str, or dict for arrays of tables)
+    auto: bool = False          # the string "auto" is accepted too (resolved by the loader)
 
 
 # --- value checks -------------------------------------------------------------------------------
@@ -99,9 +100,20 @@ def metadata_admin(value: str) -> str | None:
 
 
 def lmtp_processes(value) -> str | None:
-    if not 1 <= value <= 64:
-        return "must be 1 to 64"
+    if value != "auto" and not 1 <= value <= 64:
+        return 'must be 1 to 64, or "auto"'
     return None
+
+
+AUTO_LMTP_PROCESSES_MAX = 8
+
+
+def auto_lmtp_processes(index_store: str) -> int:
+    """``[lmtp] processes = "auto"``: one per CPU this process may run on (at most 8) with the
+    local index; 1 with another index store (see ``_check_lmtp``)."""
+    if index_store != "local":
+        return 1
+    return max(1, min(len(os.sched_getaffinity(0)), AUTO_LMTP_PROCESSES_MAX))
 
 
 def one_of(*choices) -> Callable[[Any], str | None]:
@@ -262,11 +274,12 @@ SCHEMA: dict[str, dict[str, Key]] = {
                                     "Longer lines and NUL bytes are refused with 554 5.6.0 unless BODY=BINARYMIME."),
         "trusted_networks": Key(list, ["127.0.0.0/8", "::1/128"], networks,
                                 "Networks allowed to use XCLIENT (CIDR); connections over UNIX sockets are trusted."),
-        "processes": Key(int, 1, lmtp_processes,
+        "processes": Key(int, "auto", lmtp_processes,
                          "Processes serving LMTP connections: the server accepts them and gives each to "
                          "the least busy of itself and the processes - 1 LMTP-only workers it starts (each "
-                         "process runs Python on one core at a time).  More than 1 needs [rbox] "
-                         "index_store = \"local\"."),
+                         "process runs Python on one core at a time).  \"auto\": one per CPU core, at "
+                         "most 8, with [rbox] index_store = \"local\", else 1.  More than 1 needs [rbox] "
+                         "index_store = \"local\".", auto=True),
     },
     "auth": {
         "passwd_file": Key(str, "", absolute_path, "Dovecot passwd-file with users and password hashes."),
@@ -435,6 +448,8 @@ def _coerce(key: Key, value):
     """Value converted to the key's type, or raise ValueError with what is wrong."""
     if key.type is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if key.auto and value == "auto":
+        return value
     if key.type is int and isinstance(value, bool):
         raise ValueError(f"expected {_type_name(int)}, got {value!r}")
     if not isinstance(value, key.type):
@@ -619,7 +634,10 @@ def _check_lmtp(sections: dict, where: str) -> None:
     """Several LMTP processes write the same users' indexes: fine on a local index (flock), but
     CephFS clients in several processes appending to one user's log take its capabilities from
     each other at every write (measured: 0.44x the deliveries of one process)."""
-    if sections["lmtp"]["processes"] > 1 and sections["rbox"]["index_store"] != "local":
+    lmtp = sections["lmtp"]
+    if lmtp["processes"] == "auto":
+        lmtp["processes"] = auto_lmtp_processes(sections["rbox"]["index_store"])
+    if lmtp["processes"] > 1 and sections["rbox"]["index_store"] != "local":
         raise ConfigError(f'{where}: [lmtp] processes: more than 1 needs [rbox] index_store = "local" '
                           f'(not {sections["rbox"]["index_store"]!r}: several clients of one user\'s '
                           f'index would slow each other down)')
@@ -667,6 +685,8 @@ def _check_drivers(sections: dict, where: str) -> None:
 # --- reference documentation --------------------------------------------------------------------
 
 def _render_default(key: Key) -> str:
+    if key.auto and key.default == "auto":
+        return '"auto"'
     if key.type is str:
         return f'"{key.default}"' if key.default else '""'
     if key.type is bool:
@@ -691,7 +711,7 @@ def reference_markdown() -> str:
             default = _render_default(key).replace("|", "\\|")
             doc = key.doc.replace("|", "\\|")
             kind = {str: "string", int: "integer", float: "number", bool: "boolean", list: "list",
-                    dict: "table"}.get(key.type, key.type.__name__)
+                    dict: "table"}.get(key.type, key.type.__name__) + (' or "auto"' if key.auto else "")
             out.append(f"| `{name}` | {kind} | `{default}` | {doc} |")
         out.append("")
     for kind, group in (("passdb", plugins.PASSDBS), ("userdb", plugins.USERDBS)):

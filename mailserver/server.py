@@ -109,11 +109,14 @@ class Server:
             log.warn("[lmtp] processes: connections to listeners other than host:port, tcp:, tcp6: "
                      "and unix: are served by this process only")
         if not ports:
-            log.warn("[lmtp] processes = {n}: no LMTP socket whose connections a worker can serve; no workers",
+            log.warn("[lmtp] processes = {n}: no LMTP listener whose connections a worker can serve "
+                     "(host:port, tcp:, tcp6: or unix:); no workers (processes = 1 says so)",
                      n=cfg.lmtp.processes)
             return
         if cfg.path is None:
-            raise ConfigError("[lmtp] processes: the workers need the server started with a configuration file")
+            log.warn("[lmtp] processes = {n}: workers read the server's configuration file, and it was "
+                     "started without one; no workers", n=cfg.lmtp.processes)
+            return
         self.workers = LMTPWorkers(reactor, os.path.abspath(cfg.path), ports, cfg.lmtp.processes - 1, factory)
         self.workers.start()
 

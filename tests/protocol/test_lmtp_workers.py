@@ -191,6 +191,16 @@ def test_no_worker_outlives_the_server(tmp_path):
 def test_several_processes_need_the_local_index():
     with pytest.raises(config.ConfigError, match=r'\[lmtp\] processes: more than 1 needs \[rbox\] index_store = "local"'):
         config.validate({"lmtp": {"processes": 2}, "rbox": {"index_store": "cephfs"}}, "m.toml")
-    with pytest.raises(config.ConfigError, match=r"\[lmtp\] processes: must be 1 to 64"):
+    with pytest.raises(config.ConfigError, match=r'\[lmtp\] processes: must be 1 to 64, or "auto"'):
         config.validate({"lmtp": {"processes": 0}}, "m.toml")
+    with pytest.raises(config.ConfigError, match=r"\[lmtp\] processes: expected an integer"):
+        config.validate({"lmtp": {"processes": "four"}}, "m.toml")
     assert config.validate({"lmtp": {"processes": 4}}, "m.toml").lmtp.processes == 4
+
+
+def test_auto_is_one_process_per_core_with_the_local_index_and_one_with_cephfs():
+    cores = min(len(os.sched_getaffinity(0)), config.AUTO_LMTP_PROCESSES_MAX)
+    assert config.validate({}, "m.toml").lmtp.processes == cores          # the default
+    assert config.validate({"lmtp": {"processes": "auto"}}, "m.toml").lmtp.processes == cores
+    assert config.validate({"lmtp": {"processes": "auto"}, "rbox": {"index_store": "cephfs"}},
+                           "m.toml").lmtp.processes == 1
