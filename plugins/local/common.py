@@ -1,4 +1,5 @@
-"""What the local drivers share: blocking file work in a pool, with OS errors mapped."""
+"""What the local drivers share: blocking file work in a pool, with OS errors mapped, and
+making new files' directories durable."""
 
 from __future__ import annotations
 
@@ -31,3 +32,34 @@ async def start_pool(pool: str, size: int, root: str, what: str) -> None:
         await threads.call(pool, os.makedirs, root, 0o700, True)
     except OSError as e:
         raise StorageError(ErrorKind.TEMPORARY, f"cannot create {what} directory {root}: {e}") from None
+
+
+def fsync_dir(path: str) -> None:
+    """Make the entries of directory ``path`` durable (a file created or renamed into it)."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def makedirs_durable(path: str) -> None:
+    """``os.makedirs(path)`` whose every new directory is made durable in its parent.  Without
+    it a crash could lose a new directory's own entry, and with it files inside whose fsync and
+    rename had completed (ext4 happens to commit it with them; POSIX does not promise it).  A
+    directory another thread or process is creating meanwhile is synced in its parent too: its
+    maker may not have got there yet."""
+    missing = []
+    p = path
+    while not os.path.isdir(p):
+        missing.append(p)
+        parent = os.path.dirname(p)
+        if parent == p:
+            break
+        p = parent
+    for d in reversed(missing):
+        try:
+            os.mkdir(d, 0o700)
+        except FileExistsError:
+            pass
+        fsync_dir(os.path.dirname(d))

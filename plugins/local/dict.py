@@ -24,6 +24,7 @@ from mailserver.storage import dictrules
 from mailserver.storage.drivers import DICT_PRIVATE, Dict, check_dict_key, dict_prefix_matches
 from mailserver.storage.errors import ErrorKind, StorageError
 from mailserver.storage.paths import safe_component
+from plugins.local.common import makedirs_durable
 
 POOL = "local-dict"
 
@@ -74,7 +75,7 @@ class LocalDict(Dict):
         fds = []
         try:
             for path, _, _ in plans:
-                os.makedirs(os.path.dirname(path), 0o700, exist_ok=True)
+                makedirs_durable(os.path.dirname(path))
                 fd = os.open(path + ".lock", os.O_RDWR | os.O_CREAT, 0o600)
                 fds.append(fd)
                 fcntl.flock(fd, fcntl.LOCK_EX)

@@ -25,20 +25,13 @@ from twisted.python.filepath import FilePath
 from mailserver import threads
 from mailserver.storage.drivers import IndexLock, IndexStore
 from mailserver.storage.errors import ErrorKind, StorageError
-from plugins.local.common import run_io, start_pool
+from plugins.local.common import fsync_dir, makedirs_durable, run_io, start_pool
 from mailserver.storage.locks import KeyedLocks
 from mailserver.storage.paths import check_relative
 
 POOL = "local-index"
 log = Logger(namespace="mailserver.index")
 
-
-def _fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _flock(fd: int, timeout: float) -> None:
@@ -178,7 +171,7 @@ class LocalIndexStore(IndexStore):
         try:
             return os.open(path, os.O_WRONLY | os.O_APPEND)
         except FileNotFoundError:
-            os.makedirs(os.path.dirname(path), 0o700, exist_ok=True)
+            makedirs_durable(os.path.dirname(path))
             fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
             if track:
                 with self._dirs_lock:
@@ -190,7 +183,7 @@ class LocalIndexStore(IndexStore):
         try:
             return os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
         except FileNotFoundError:
-            os.makedirs(os.path.dirname(lock_path), 0o700, exist_ok=True)
+            makedirs_durable(os.path.dirname(lock_path))
             return os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
 
     def _append_rider(self, path: str, data: bytes) -> None:
@@ -214,7 +207,7 @@ class LocalIndexStore(IndexStore):
         return await self._run(self._append, self._abs(path), data)
 
     def _append_at(self, path, lock_path, offset, data, cut, timeout=30.0):
-        os.makedirs(os.path.dirname(lock_path), 0o700, exist_ok=True)
+        makedirs_durable(os.path.dirname(lock_path))
         lfd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
         try:
             _flock(lfd, timeout)
@@ -274,7 +267,7 @@ class LocalIndexStore(IndexStore):
             with self._dirs_lock:
                 new_dir = self._created.pop(path, None)
             if new_dir:
-                _fsync_dir(new_dir)
+                fsync_dir(new_dir)
             return True, None
         finally:
             if fd is not None:
@@ -308,7 +301,7 @@ class LocalIndexStore(IndexStore):
             finally:
                 os.close(fd)
         for d in dirs:
-            _fsync_dir(d)
+            fsync_dir(d)
 
     async def sync(self, paths) -> None:
         waiters = []
@@ -344,7 +337,7 @@ class LocalIndexStore(IndexStore):
     @staticmethod
     def _write_atomic(path: str, data: bytes) -> None:
         d = os.path.dirname(path)
-        os.makedirs(d, 0o700, exist_ok=True)
+        makedirs_durable(d)
         tmp = f"{path}.tmp.{os.getpid()}.{time.monotonic_ns()}"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
@@ -355,7 +348,7 @@ class LocalIndexStore(IndexStore):
         finally:
             os.close(fd)
         os.rename(tmp, path)
-        _fsync_dir(d)
+        fsync_dir(d)
 
     async def write_atomic(self, path: str, data: bytes) -> None:
         await self._run(self._write_atomic, self._abs(path), data)
@@ -377,7 +370,7 @@ class LocalIndexStore(IndexStore):
 
     async def lock(self, path: str, timeout: float = 30.0) -> IndexLock:
         def take(p):
-            os.makedirs(os.path.dirname(p), 0o700, exist_ok=True)
+            makedirs_durable(os.path.dirname(p))
             fd = os.open(p, os.O_RDWR | os.O_CREAT, 0o600)
             try:
                 _flock(fd, timeout)
@@ -395,7 +388,7 @@ class LocalIndexStore(IndexStore):
 
     async def try_lock(self, path: str) -> IndexLock | None:
         def take(p):
-            os.makedirs(os.path.dirname(p), 0o700, exist_ok=True)
+            makedirs_durable(os.path.dirname(p))
             fd = os.open(p, os.O_RDWR | os.O_CREAT, 0o600)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -16,7 +16,7 @@ import time
 
 from mailserver.storage.drivers import ObjectStore
 from mailserver.storage.errors import ErrorKind, StorageError
-from plugins.local.common import run_io, start_pool
+from plugins.local.common import fsync_dir, makedirs_durable, run_io, start_pool
 from mailserver.storage.paths import safe_component, unsafe_component
 
 POOL = "local-objects"
@@ -58,13 +58,6 @@ def decode_meta(raw: bytes) -> dict[str, str]:
         pos += 4 + vlen
     return meta
 
-
-def _fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class LocalObjectStore(ObjectStore):
@@ -111,7 +104,7 @@ class LocalObjectStore(ObjectStore):
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         except FileNotFoundError:       # first object in this fan-out directory
-            os.makedirs(d, 0o700, exist_ok=True)
+            makedirs_durable(d)
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
             head = MAGIC + _U32.pack(len(meta)) + meta
@@ -127,7 +120,7 @@ class LocalObjectStore(ObjectStore):
             raise
         os.close(fd)
         os.rename(tmp, path)
-        _fsync_dir(d)
+        fsync_dir(d)
 
     async def put(self, ns: str, oid: str, data: bytes, meta: dict[str, str]) -> None:
         if len(data) > self._max:
@@ -322,14 +315,14 @@ class LocalObjectStore(ObjectStore):
     async def put_state(self, ns: str, name: str, data: bytes) -> None:
         def write(path):
             d = os.path.dirname(path)
-            os.makedirs(d, 0o700, exist_ok=True)
+            makedirs_durable(d)
             tmp = f"{path}.tmp.{os.getpid()}.{time.monotonic_ns()}"
             with open(tmp, "wb") as f:
                 f.write(data)
                 f.flush()
                 os.fsync(f.fileno())
             os.rename(tmp, path)
-            _fsync_dir(d)
+            fsync_dir(d)
         await self._run(write, self._state_path(ns, name))
 
     async def get_state(self, ns: str, name: str) -> bytes | None:
