@@ -64,9 +64,11 @@ def workers_ready(server, n: int) -> None:
 def two_process_server(tmp_path):
     server = RunningServer(str(tmp_path / "srv"), users=20, options={"lmtp": {"processes": 2}})
     server.start()
-    workers_ready(server, 1)
-    yield server
-    server.stop()
+    try:
+        workers_ready(server, 1)
+        yield server
+    finally:                        # also when the worker never got ready: no server left behind
+        server.stop()
 
 
 def message(n: int) -> bytes:
@@ -124,8 +126,8 @@ def test_idle_in_the_server_sees_what_either_process_delivered(tmp_path):
     server = RunningServer(str(tmp_path / "srv"), users=5,
                            options={"lmtp": {"processes": 2}, "imap": {"idle_check_interval": 60.0}})
     server.start()
-    workers_ready(server, 1)
     try:
+        workers_ready(server, 1)
         _idle_sees_ten_deliveries(server)
     finally:
         server.stop()
