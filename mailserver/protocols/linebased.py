@@ -58,6 +58,7 @@ class LineServerProtocol(protocol.Protocol):
     log = Logger()
     max_line_length = 1024
     idle_timeout = 600.0
+    cork_replies = False            # see ``write``
     max_buffer = 256 * 1024
     clock = None                # the reactor; set by the factory (a task.Clock in tests)
 
@@ -70,6 +71,7 @@ class LineServerProtocol(protocol.Protocol):
         self.raw_mode = False
         self.closing = False            # no more input is handled
         self._buffer = bytearray()
+        self._corked: list[bytes] | None = None     # output held while a batch of input is handled
         self._busy = False
         self._pumping = False
         self._paused = False
@@ -111,12 +113,31 @@ class LineServerProtocol(protocol.Protocol):
         """Write one reply line (CRLF added)."""
         if isinstance(line, str):
             line = line.encode("utf-8")
-        write_now(self.transport, line + b"\r\n")
+        self.write(line + b"\r\n")
+
+    def write(self, data: bytes) -> None:
+        """Write output in order with ``send``.  With ``cork_replies``, the replies to a batch of
+        pipelined input leave in one write when the batch is done (or waits for more input),
+        also across commands that went asynchronous (an RCPT's user lookup): a pipelined MAIL,
+        RCPT and DATA get one packet, not three system calls (each a chance for a pool thread
+        to take the GIL from the reactor)."""
+        if self._corked is not None:
+            self._corked.append(data)
+        else:
+            write_now(self.transport, data)
+
+    def flush(self) -> None:
+        """Write what is held now, and hold nothing more until the next batch of input: before
+        the transport changes (STARTTLS) or closes."""
+        out, self._corked = self._corked, None
+        if out:
+            write_now(self.transport, b"".join(out))
 
     def close(self) -> None:
         """Stop reading and close once pending output is written."""
         self.closing = True
         self._buffer.clear()
+        self.flush()
         self.transport.loseConnection()
 
     def event(self, **kw) -> dict:
@@ -163,6 +184,8 @@ class LineServerProtocol(protocol.Protocol):
         if self._pumping:
             return
         self._pumping = True
+        if self.cork_replies and self._corked is None:
+            self._corked = []
         try:
             while not self._busy and not self.closing and self._buffer:
                 if self.raw_mode:
@@ -174,6 +197,8 @@ class LineServerProtocol(protocol.Protocol):
                     break
         finally:
             self._pumping = False
+            if not (self._busy and self._buffer):
+                self.flush()        # replies are held only while more pipelined input waits
         self._flow_control()
 
     def _next_line(self) -> bool:

@@ -264,3 +264,24 @@ async def test_server_stopping(conn, ctx):
     assert conn.transport.disconnecting
     late = Conn(lmtp.build_factory(ctx))
     assert late.take() == b"421 4.3.2 mx.test Server shutting down\r\n"
+
+
+@pytest_twisted.ensureDeferred
+async def test_replies_to_a_pipelined_batch_leave_in_one_write(conn, ctx):
+    """MAIL, RCPT and DATA sent together (as Postfix pipelines them) are answered in one write,
+    not one system call each; the replies after the data too, when they are ready together."""
+    writes = []
+    real_write = conn.transport.write
+    conn.transport.write = lambda data: (writes.append(data), real_write(data))
+    await conn.send(b"LHLO mta.example\r\n")
+    writes.clear()
+    out = await conn.send(b"MAIL FROM:<s@ext.example>\r\nRCPT TO:<alice@example.org>\r\n"
+                          b"RCPT TO:<bob@example.org>\r\nDATA\r\n")
+    assert out == b"250 2.1.0 OK\r\n250 2.1.5 OK\r\n250 2.1.5 OK\r\n354 OK\r\n"
+    assert writes == [out]
+    writes.clear()
+    out = await conn.send(b"Subject: batch\r\n\r\nbody\r\n.\r\n")
+    assert out.count(b" Saved\r\n") == 2 and len(writes) <= 2       # one per save at most
+    writes.clear()
+    await conn.send(b"STARTTLS\r\nNOOP\r\n")     # no TLS here: answered like any command
+    assert len(writes) == 1

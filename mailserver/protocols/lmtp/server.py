@@ -35,6 +35,7 @@ class LMTPServer(LineServerProtocol):
     """One LMTP connection.  Limits come from ``[lmtp]`` through the factory."""
 
     log = log
+    cork_replies = True
     max_message_size = 50 * 1024 * 1024
     max_recipients = 1000
     recipient_delimiter = "+"
@@ -118,7 +119,7 @@ class LMTPServer(LineServerProtocol):
         self.lhlo = name
         self._reset()
         caps = [self.hostname] + self.capabilities()
-        self.transport.write("".join(f"250-{c}\r\n" for c in caps[:-1]).encode() + f"250 {caps[-1]}\r\n".encode())
+        self.write("".join(f"250-{c}\r\n" for c in caps[:-1]).encode() + f"250 {caps[-1]}\r\n".encode())
 
     def capabilities(self) -> list[str]:
         """LHLO keywords for this connection (STARTTLS while plaintext and [tls] is set; XCLIENT only
@@ -147,6 +148,7 @@ class LMTPServer(LineServerProtocol):
         self.lhlo = ""
         self._reset()
         self.send("220 2.0.0 Ready to start TLS")
+        self.flush()                    # in the clear, before the handshake
         tls.start_tls(self.transport, self.ctx.tls)
 
     def _stopping(self) -> bool:
@@ -436,13 +438,13 @@ class LMTPServer(LineServerProtocol):
         if body is None:
             log.info("message from <{sender}> over {limit} bytes refused", sender=sender,
                      limit=self.max_message_size, **self.event())
-            self.transport.write("".join(f"552 5.3.4 <{r.address}> Message too big for system\r\n"
+            self.write("".join(f"552 5.3.4 <{r.address}> Message too big for system\r\n"
                                          for r in recipients).encode("utf-8"))
             return
         problem = None if binary else body_problem(body, self.max_body_line_length)
         if problem is not None:
             log.info("message from <{sender}> refused: {problem}", sender=sender, problem=problem, **self.event())
-            self.transport.write("".join(f"554 5.6.0 <{r.address}> {problem}\r\n"
+            self.write("".join(f"554 5.6.0 <{r.address}> {problem}\r\n"
                                          for r in recipients).encode("utf-8"))
             return
         helo = self.xclient.get("HELO") or self.lhlo
@@ -451,8 +453,13 @@ class LMTPServer(LineServerProtocol):
         replies = deliver(self.ctx.storage, recipients, data, int(time.time()), session=self.session,
                           event=self.event(), to_detail_mailbox=self.save_to_detail_mailbox,
                           quota_tempfail=self.quota_tempfail)
+        ready = []                  # replies already known leave together
         for reply in replies:
-            self.send(await reply)
+            if ready and not reply.called:
+                self.write("".join(ready).encode("utf-8"))
+                ready = []
+            ready.append(await reply + "\r\n")
+        self.write("".join(ready).encode("utf-8"))
 
 
 def _is_trusted(host: str, networks) -> bool:

@@ -183,6 +183,7 @@ class POP3Server(LineServerProtocol):
         self._pending_user = None
         self.utf8 = False               # nothing negotiated in plaintext survives STLS
         self.send("+OK Begin TLS negotiation now.")
+        self.flush()                    # in the clear, before the handshake
         tls.start_tls(self.transport, self.ctx.tls)
 
     def auth_USER(self, arg: str):
