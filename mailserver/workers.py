@@ -62,8 +62,10 @@ class _CountingFactory(protocol.Factory):
     def __init__(self, factory, on_close):
         self.factory = factory
         self.on_close = on_close
+        self.builds = 0             # buildProtocol calls (see ``adopt``)
 
     def buildProtocol(self, addr):
+        self.builds += 1
         try:
             proto = self.factory.buildProtocol(addr)
         except BaseException:
@@ -83,6 +85,19 @@ class _CountingFactory(protocol.Factory):
 
         proto.connectionLost = connection_lost
         return proto
+
+
+def adopt(reactor, fd: int, family, factory: _CountingFactory) -> None:
+    """Serve connected socket ``fd`` with ``factory``; its ``on_close`` is called once for it
+    even when the connection fails before a protocol is built (a client already gone makes
+    getpeername fail): a count left up would make that process look busy for good."""
+    builds = factory.builds
+    try:
+        reactor.adoptStreamConnection(fd, family, factory)
+    except Exception:
+        if factory.builds == builds:
+            factory.on_close()
+        raise
 
 
 # --- the server side ----------------------------------------------------------------------------
@@ -234,7 +249,9 @@ class LMTPWorkers:
                     break
             if target is None:
                 self.local_active += 1
-                self.reactor.adoptStreamConnection(conn.fileno(), family, self._local_factory)
+                adopt(self.reactor, conn.fileno(), family, self._local_factory)
+        except OSError as e:            # the client went away in between
+            log.info("an LMTP connection was gone before it was served: {e}", e=e.strerror)
         except Exception:
             log.failure("could not hand over an LMTP connection")
         finally:
@@ -332,7 +349,9 @@ class _WorkerChannel(protocol.Protocol):
             os.close(fd)
             return
         try:
-            self.reactor.adoptStreamConnection(conn.fileno(), conn.family, self.factory)
+            adopt(self.reactor, conn.fileno(), conn.family, self.factory)
+        except OSError as e:            # the client went away in between
+            log.info("an LMTP connection handed over by the server was gone: {e}", e=e.strerror)
         except Exception:
             log.failure("could not serve an LMTP connection handed over by the server")
         finally:

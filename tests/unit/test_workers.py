@@ -60,6 +60,8 @@ class _Reactor(Clock):
         self.readers.discard(r)
 
     def adoptStreamConnection(self, fd, family, factory):
+        if getattr(self, "gone", False):            # the client left before getpeername
+            raise OSError(107, "Transport endpoint is not connected")
         self.adopted.append((os.fstat(fd).st_ino, family))
 
 
@@ -119,3 +121,22 @@ def test_each_connection_goes_to_the_process_serving_the_fewest():
         s.close()
     for slot in (0, 1):
         pool.children[slot].channel.close()
+
+
+def test_a_connection_gone_before_it_is_served_is_not_counted_for_good():
+    reactor = _Reactor()
+    pool = workers.LMTPWorkers(reactor, "/x.toml", [], 0, factory=object())
+    listener = socket.create_server(("127.0.0.1", 0))
+    client = socket.create_connection(listener.getsockname())
+    conn, _ = listener.accept()
+    reactor.gone = True
+    pool.dispatch(conn, socket.AF_INET)             # served here: the adoption fails
+    assert pool.local_active == 0 and conn.fileno() == -1
+    # In a worker: the server is told it is closed, so its count for the worker comes down.
+    ours, theirs = socket.socketpair()
+    channel = workers._WorkerChannel(reactor, object())
+    channel.transport = type("T", (), {"connected": True, "write": lambda self, d: theirs.send(d)})()
+    channel.fileDescriptorReceived(os.dup(client.fileno()))     # adoption fails the same way
+    assert ours.recv(16) == workers.CLOSED
+    for s in (client, listener, ours, theirs):
+        s.close()
