@@ -94,14 +94,20 @@ class LimitedFactory(protocol.Factory):
         if proto is None:
             self.limiter.release(host)
             return None
-        lost = proto.connectionLost
-        released = []
-
-        def connection_lost(reason=protocol.connectionDone):
-            if not released:
-                released.append(True)
-                self.limiter.release(host)
-            return lost(reason)
-
-        proto.connectionLost = connection_lost
+        call_when_lost(proto, lambda: self.limiter.release(host))
         return proto
+
+
+def call_when_lost(proto, callback) -> None:
+    """Have ``callback()`` run once when ``proto``'s connection is lost, before its own
+    ``connectionLost``."""
+    lost = proto.connectionLost
+    called = []
+
+    def connection_lost(reason=protocol.connectionDone):
+        if not called:
+            called.append(True)
+            callback()
+        return lost(reason)
+
+    proto.connectionLost = connection_lost

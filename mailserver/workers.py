@@ -31,6 +31,8 @@ from twisted.internet import defer, interfaces, main, protocol
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from mailserver.limits import call_when_lost
+
 log = Logger(namespace="mailserver.workers")
 
 WORKER_OPTION = "--lmtp-worker-channel"
@@ -74,16 +76,7 @@ class _CountingFactory(protocol.Factory):
         if proto is None:
             self.on_close()
             return None
-        lost = proto.connectionLost
-        closed = []
-
-        def connection_lost(reason=protocol.connectionDone):
-            if not closed:
-                closed.append(True)
-                self.on_close()
-            return lost(reason)
-
-        proto.connectionLost = connection_lost
+        call_when_lost(proto, self.on_close)
         return proto
 
 
