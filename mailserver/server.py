@@ -68,6 +68,7 @@ class Server:
             return
         bound = {}
         lmtp_ports = []
+        lmtp_factory = None
         for name in PROTOCOLS:
             factory = self._factory(name, limiter)
             section = getattr(cfg, name)
@@ -87,7 +88,7 @@ class Server:
                 log.info("{protocol} listening on {address}", protocol=label.upper(), address=address)
                 if label == "lmtp":
                     lmtp_ports.append((endpoints.description(spec), port))
-        if cfg.lmtp.processes > 1:
+        if cfg.lmtp.processes > 1 and lmtp_ports:       # (no LMTP listener: nothing to share)
             self._start_workers(lmtp_ports, lmtp_factory)
         _write_listeners(cfg.server.state_dir, bound)
         if tls is None and any(not spec.startswith(("127.", "[::1]", "localhost", "unix:"))

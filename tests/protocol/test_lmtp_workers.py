@@ -206,3 +206,30 @@ def test_auto_is_one_process_per_core_with_the_local_index_and_one_with_cephfs()
     assert config.validate({"lmtp": {"processes": "auto"}}, "m.toml").lmtp.processes == cores
     assert config.validate({"lmtp": {"processes": "auto"}, "rbox": {"index_store": "cephfs"}},
                            "m.toml").lmtp.processes == 1
+
+
+def test_no_lmtp_listener_means_no_worker_and_no_error(tmp_path):
+    """Regression: with LMTP not listening ([lmtp] listen = []), "auto" processes must not stop
+    the server from starting (it looked for the LMTP factory of the listener loop)."""
+    import json
+    import subprocess
+    import sys
+    state = tmp_path / "state"
+    conf = tmp_path / "m.toml"
+    (tmp_path / "passwd").write_text("u@example.org:{PLAIN}pw::::::\n")
+    conf.write_text(f'[server]\nstate_dir = "{state}"\nlog_format = "json"\n\n'
+                    '[imap]\nlisten = ["127.0.0.1:0"]\n\n[pop3]\nlisten = []\n\n'
+                    '[lmtp]\nlisten = []\nprocesses = 2\n\n'
+                    f'[auth]\npasswd_file = "{tmp_path / "passwd"}"\n')
+    proc = subprocess.Popen([sys.executable, "-m", "mailserver", "serve", "--config", str(conf)],
+                            stdout=subprocess.DEVNULL, stderr=open(tmp_path / "log", "wb"))
+    try:
+        listeners = wait_for(lambda: (state / "listeners.json").exists() and
+                             json.loads((state / "listeners.json").read_text()))
+        assert list(listeners) == ["imap"] and proc.poll() is None
+        assert children(proc.pid) == []
+        with imaplib.IMAP4(*listeners["imap"][0].rsplit(":", 1)) as m:
+            assert m.login("u@example.org", "pw")[0] == "OK"
+    finally:
+        proc.terminate()
+        assert proc.wait(20) == 0, (tmp_path / "log").read_text()[-2000:]

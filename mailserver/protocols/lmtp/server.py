@@ -439,13 +439,13 @@ class LMTPServer(LineServerProtocol):
             log.info("message from <{sender}> over {limit} bytes refused", sender=sender,
                      limit=self.max_message_size, **self.event())
             self.write("".join(f"552 5.3.4 <{r.address}> Message too big for system\r\n"
-                                         for r in recipients).encode("utf-8"))
+                               for r in recipients).encode("utf-8"))
             return
         problem = None if binary else body_problem(body, self.max_body_line_length)
         if problem is not None:
             log.info("message from <{sender}> refused: {problem}", sender=sender, problem=problem, **self.event())
             self.write("".join(f"554 5.6.0 <{r.address}> {problem}\r\n"
-                                         for r in recipients).encode("utf-8"))
+                               for r in recipients).encode("utf-8"))
             return
         helo = self.xclient.get("HELO") or self.lhlo
         data = trace_headers(sender, [r.address for r in recipients], helo, self.peer_host,
