@@ -33,7 +33,6 @@ POOL = "local-index"
 log = Logger(namespace="mailserver.index")
 
 
-
 def _flock(fd: int, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     delay = 0.001

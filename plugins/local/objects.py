@@ -59,7 +59,6 @@ def decode_meta(raw: bytes) -> dict[str, str]:
     return meta
 
 
-
 class LocalObjectStore(ObjectStore):
     def __init__(self, root: str, namespace_suffix: str = "_namespace", threads_: int = 8,
                  max_object_size: int = 2 ** 31):
