@@ -107,11 +107,11 @@ class Server:
         cfg = self.config
         ports = shareable_ports(lmtp_ports)
         if len(ports) < len(lmtp_ports):
-            log.warn("[lmtp] processes: connections to listeners other than host:port, tcp:, tcp6: "
-                     "and unix: are served by this process only")
+            log.warn("[lmtp] processes: connections to listeners other than host:port, tcp:, tcp6:, "
+                     "unix: and systemd: are served by this process only")
         if not ports:
             log.warn("[lmtp] processes = {n}: no LMTP listener whose connections a worker can serve "
-                     "(host:port, tcp:, tcp6: or unix:); no workers (processes = 1 says so)",
+                     "(host:port, tcp:, tcp6:, unix: or systemd:); no workers (processes = 1 says so)",
                      n=cfg.lmtp.processes)
             return
         if cfg.path is None:

@@ -7,9 +7,9 @@ server can start ``processes - 1`` children that serve LMTP only; each builds it
 dictionary and authenticator from the same configuration file.  Index changes between
 processes are serialised by the index store's file locks, as between two servers.
 
-The server accepts every LMTP connection itself and gives it to the process (itself or a
-worker) serving the fewest LMTP connections, passing the socket over a UNIX socket pair
-(SCM_RIGHTS).  Letting the processes accept from a shared listening socket was measured to put
+The server accepts every LMTP connection itself (on its own or systemd's sockets) and gives it
+to the process (itself or a worker) serving the fewest LMTP connections, passing the socket
+over a UNIX socket pair (SCM_RIGHTS).  Letting the processes accept from a shared listening socket was measured to put
 all 10 connections of a burst in one process in half the runs: whoever wakes first accepts
 them all.  A worker writes ``READY`` on its channel once it serves and ``CLOSED`` for each
 connection that ends, so the server knows every process's count.
@@ -36,7 +36,7 @@ from mailserver.limits import call_when_lost
 log = Logger(namespace="mailserver.workers")
 
 WORKER_OPTION = "--lmtp-worker-channel"
-SHAREABLE = ("tcp:", "tcp6:", "unix:")      # endpoint descriptions a plain socket serves as is
+SHAREABLE = ("tcp:", "tcp6:", "unix:", "systemd:")   # endpoints whose plain socket serves as is
 RESTART_FIRST = 1.0                         # seconds before starting a dead worker again, doubling
 RESTART_MAX = 60.0
 CHANNEL_FD = 3                              # the worker's end of its channel
@@ -47,8 +47,8 @@ _OUT_OF_RESOURCES = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 
 def shareable_ports(listeners: list) -> list:
     """Of ``(description, port)``, the ports whose connections a worker can serve with a plain
-    factory (TCP or UNIX sockets; not endpoint wrappers such as haproxy:, whose work is in
-    their factory)."""
+    factory (TCP or UNIX sockets, ours or systemd's; not endpoint wrappers such as haproxy:,
+    whose work is in their factory)."""
     return [port for desc, port in listeners if desc.startswith(SHAREABLE) and hasattr(port, "socket")]
 
 
