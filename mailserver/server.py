@@ -79,8 +79,6 @@ class Server:
                 tls_factory.noisy = False
                 listeners += [(name + "s", spec, tls_factory) for spec in section.listen_tls]
             for label, spec, f in listeners:
-                if label == "lmtp":
-                    lmtp_factory = f
                 port = await endpoints.server_endpoint(reactor, spec).listen(f)
                 self.ports.append(port)
                 address = _address(port, spec)
@@ -88,6 +86,7 @@ class Server:
                 log.info("{protocol} listening on {address}", protocol=label.upper(), address=address)
                 if label == "lmtp":
                     lmtp_ports.append((endpoints.description(spec), port))
+                    lmtp_factory = f
         if cfg.lmtp.processes > 1 and lmtp_ports:       # (no LMTP listener: nothing to share)
             self._start_workers(lmtp_ports, lmtp_factory)
         _write_listeners(cfg.server.state_dir, bound)

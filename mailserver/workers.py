@@ -52,13 +52,10 @@ def shareable_ports(listeners: list) -> list:
     return [port for desc, port in listeners if desc.startswith(SHAREABLE) and hasattr(port, "socket")]
 
 
-def counting(factory, on_close):
+class _CountingFactory(protocol.Factory):
     """``factory`` whose every connection calls ``on_close()`` once when it ends (or at once
     when no protocol is built for it)."""
-    return _CountingFactory(factory, on_close)
 
-
-class _CountingFactory(protocol.Factory):
     noisy = False
 
     def __init__(self, factory, on_close):
@@ -214,7 +211,7 @@ class LMTPWorkers:
         self.count = count
         self.children: dict[int, _Child] = {}
         self.local_active = 0
-        self._local_factory = counting(factory, self._local_closed) if factory is not None else None
+        self._local_factory = _CountingFactory(factory, self._local_closed) if factory is not None else None
         self._acceptors: list[_Acceptor] = []
         self._turn = itertools.count()
         self._delay: dict[int, float] = {}
@@ -233,11 +230,11 @@ class LMTPWorkers:
         conn.setblocking(False)
         try:
             channels = [c.channel for c in self.children.values() if c.channel is not None and c.channel.ready]
-            turn = next(self._turn)
-            # This process is a candidate like any worker; rotating the order spreads ties.
+            # This process (None) is a candidate like any worker; rotating the list before a
+            # stable sort by load spreads ties.
             candidates = [None] + channels
-            order = {id(c): (i - turn) % len(candidates) for i, c in enumerate(candidates)}
-            for target in sorted(candidates, key=lambda c: (self._load(c), order[id(c)])):
+            k = next(self._turn) % len(candidates)
+            for target in sorted(candidates[k:] + candidates[:k], key=self._load):
                 if target is None or target.send(conn):
                     break
             if target is None:
@@ -330,7 +327,7 @@ class _WorkerChannel(protocol.Protocol):
 
     def __init__(self, reactor, factory):
         self.reactor = reactor
-        self.factory = counting(factory, self._closed)
+        self.factory = _CountingFactory(factory, self._closed)
 
     def connectionMade(self):
         self.transport.write(READY)
