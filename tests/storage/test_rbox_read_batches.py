@@ -51,7 +51,9 @@ async def test_local_get_many_reads_a_batch_in_one_pool_job(store, monkeypatch):
     monkeypatch.setattr(threads, "call", counting_call)
     oids = ["oid3", "oid0", "gone", "oid4", "oid1"]
     got = await store.get_many(NS, oids)
-    assert calls == [local_objects.POOL]
+    # Only the object store's pool is this store's: a job in another pool meanwhile is the
+    # index poller of a mailbox an earlier test left open in this process (seen once).
+    assert [c for c in calls if c != "local-index"] == [local_objects.POOL]
     assert got[0] == body(3, 300) and got[1] == body(0, 0) and got[3] == body(4, 400) and got[4] == body(1, 100)
     assert isinstance(got[2], StorageError) and got[2].kind is ErrorKind.NOT_FOUND
     # Size hints: exact, too small, too big or absent, the data is always the whole object.
