@@ -108,12 +108,17 @@ def lmtp_processes(value) -> str | None:
 AUTO_LMTP_PROCESSES_MAX = 8
 
 
+def usable_cpus() -> int:
+    """CPUs this process may run on (its affinity, not the machine's count)."""
+    return max(1, len(os.sched_getaffinity(0)))
+
+
 def auto_lmtp_processes(index_store: str) -> int:
     """``[lmtp] processes = "auto"``: one per CPU this process may run on (at most 8) with the
     local index; 1 with another index store (see ``_check_lmtp``)."""
     if index_store != "local":
         return 1
-    return max(1, min(len(os.sched_getaffinity(0)), AUTO_LMTP_PROCESSES_MAX))
+    return min(usable_cpus(), AUTO_LMTP_PROCESSES_MAX)
 
 
 def one_of(*choices) -> Callable[[Any], str | None]:

@@ -30,18 +30,12 @@ from twisted.python.failure import Failure
 
 from mailserver import threads
 from mailserver.auth import AuthResult, AuthUnavailable, PassDB, UserDB, UserRecord, schemes
-from mailserver.config import Key, absolute_path
+from mailserver.config import Key, absolute_path, usable_cpus
 
 log = Logger(namespace="mailserver.auth.passwd_file")
 
 POOL = "auth"
 CHECK_INTERVAL = 1.0        # seconds between stat() calls on the file
-
-
-def hash_threads() -> int:
-    """Size of the hashing pool: verifying a hash is CPU work that releases the GIL, so one
-    thread per CPU this process may use, at most 4."""
-    return max(1, min(len(os.sched_getaffinity(0)), 4))
 _TRUE = ("", "y", "yes", "1", "true")
 
 
@@ -175,7 +169,8 @@ class PasswdFilePassDB(PassDB, UserDB):
         except OSError as e:
             raise ConfigError(f"passwd-file {path}: cannot read: {e.strerror}") from None
         return cls(path, UsernameRule.from_config(config).normalize,
-                   pool_size=hash_threads())
+                   # Verifying a hash is CPU work that releases the GIL: a thread per CPU.
+                   pool_size=min(usable_cpus(), 4))
 
     # --- the file ---------------------------------------------------------------------------------
 
